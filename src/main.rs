@@ -1,0 +1,345 @@
+//! The `sage` command: `info`, `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use sage::random::{Distribution, Rng, random_qkv};
+use sage::{
+    AttentionBackend, AttentionParams, ConfigLayer, DType, Error, Layout, Metrics, Result, Shape,
+    Tensor, io, reference_attention,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sage",
+    version,
+    about = "SageAttention2 in Rust: quantized attention on CPU, wgpu and CUDA"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every backend: whether it is available (and why not), its device and capabilities.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs attention on random data or safetensors files and compares with the exact f64 reference.
+    Run(RunArgs),
+}
+
+/// Settings shared by the commands that run attention; each overrides the config file and `SAGE_*`.
+#[derive(Args, Clone, Debug)]
+struct Settings {
+    /// A TOML config file (default: ./sage.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// auto, cpu, wgpu or cuda.
+    #[arg(long)]
+    backend: Option<String>,
+    /// int4-fp8, int8-fp8, int8-fp16, exact or auto.
+    #[arg(long)]
+    mode: Option<String>,
+    /// per-block, per-warp or per-thread.
+    #[arg(long)]
+    granularity: Option<String>,
+    /// Keys per online-softmax block: 64 or 128.
+    #[arg(long)]
+    kv_block: Option<String>,
+    /// Bottom-right causal mask.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    causal: Option<String>,
+    /// Subtract Q block means (default: on for int4-fp8).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    smooth_q: Option<String>,
+    /// Subtract V channel means.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    smooth_v: Option<String>,
+    /// Hadamard-rotate Q and K before quantizing.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    rotate: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Random inputs of shape BxHxNxD (Nq = Nk = N).
+    #[arg(long, conflicts_with = "input")]
+    shape: Option<String>,
+    /// K/V heads for random inputs (GQA); default: H.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Key count for random inputs; default: N.
+    #[arg(long)]
+    nk: Option<usize>,
+    /// Dtype of random inputs: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Layout of random inputs: HND or NHD.
+    #[arg(long, default_value = "HND")]
+    layout: String,
+    /// Seed of random inputs (default: fresh each run, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A safetensors file with q, k, v, or a directory of them.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// One JSON object per input instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Settings {
+    /// Config file, then environment, then these flags.
+    fn layers(&self) -> Result<ConfigLayer> {
+        let file = match &self.config {
+            Some(path) => ConfigLayer::from_toml_file(path)?,
+            None if Path::new("sage.toml").is_file() => {
+                ConfigLayer::from_toml_file(Path::new("sage.toml"))?
+            }
+            None => ConfigLayer::default(),
+        };
+        let mut flags = ConfigLayer::default();
+        for (key, value) in [
+            ("backend", &self.backend),
+            ("mode", &self.mode),
+            ("granularity", &self.granularity),
+            ("kv_block", &self.kv_block),
+            ("causal", &self.causal),
+            ("smooth_q", &self.smooth_q),
+            ("smooth_v", &self.smooth_v),
+            ("rotate", &self.rotate),
+        ] {
+            if let Some(v) = value {
+                flags.set(key, v, &format!("flag --{}", key.replace('_', "-")))?;
+            }
+        }
+        Ok(file.merge(ConfigLayer::from_env()?).merge(flags))
+    }
+}
+
+/// One measured input, as `sage run --json` prints it.
+#[derive(Serialize)]
+struct RunRecord {
+    input: String,
+    backend: &'static str,
+    device: String,
+    mode: String,
+    granularity: String,
+    kv_block: usize,
+    causal: bool,
+    shape: String,
+    dtype: String,
+    cos: f64,
+    rel_l1: f64,
+    rmse: f64,
+    max_abs: f64,
+    ms: f64,
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 4]> {
+    let parts: Vec<usize> = s
+        .to_ascii_lowercase()
+        .split('x')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| {
+            Error::param(
+                "shape",
+                format!("`{s}` is not BxHxNxD (four whole numbers)"),
+            )
+        })?;
+    match parts[..] {
+        [b, h, n, d] => Ok([b, h, n, d]),
+        _ => Err(Error::param(
+            "shape",
+            format!("`{s}` is not BxHxNxD (four numbers)"),
+        )),
+    }
+}
+
+struct Input {
+    name: String,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sm_scale: Option<f32>,
+}
+
+fn measure(
+    backend: &dyn AttentionBackend,
+    input: &Input,
+    base: &AttentionParams,
+) -> Result<RunRecord> {
+    let params = AttentionParams {
+        sm_scale: input.sm_scale.or(base.sm_scale),
+        ..*base
+    };
+    let caps = backend.capabilities();
+    let problem = sage::Problem::new(
+        &input.q.meta(),
+        &input.k.meta(),
+        &input.v.meta(),
+        &params,
+        &caps,
+    )?;
+    let start = Instant::now();
+    let out = backend.attention(&input.q, &input.k, &input.v, &params)?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let reference = reference_attention(&input.q, &input.k, &input.v, &params)?;
+    let m = Metrics::compare(&out.out.to_f32_hnd(), &reference.out);
+    let s = input.q.shape();
+    Ok(RunRecord {
+        input: input.name.clone(),
+        backend: backend.name(),
+        device: caps.device,
+        mode: problem.mode.to_string(),
+        granularity: problem.granularity.to_string(),
+        kv_block: problem.kv_block,
+        causal: problem.causal,
+        shape: format!("{}x{}x{}x{}", s.batch, s.heads, s.seq, s.head_dim),
+        dtype: input.q.dtype().to_string(),
+        cos: m.cos,
+        rel_l1: m.rel_l1,
+        rmse: m.rmse,
+        max_abs: m.max_abs,
+        ms,
+    })
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let config = args.settings.layers()?.resolve();
+    let (backend, note) = sage::open(config.backend)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let mut inputs = Vec::new();
+    if let Some(path) = &args.input {
+        for file in io::list_inputs(path)? {
+            let f = io::load_qkv(&file)?;
+            inputs.push(Input {
+                name: file.display().to_string(),
+                q: f.q,
+                k: f.k,
+                v: f.v,
+                sm_scale: f.sm_scale,
+            });
+        }
+    } else {
+        let [b, h, n, d] = parse_shape(args.shape.as_deref().unwrap_or("1x8x1024x128"))?;
+        let dtype: DType = args.dtype.parse().map_err(|e| Error::param("dtype", e))?;
+        let layout: Layout = args.layout.parse().map_err(|e| Error::param("layout", e))?;
+        let seed = args.seed.unwrap_or_else(Rng::fresh_seed);
+        let kv = Shape::new(b, args.kv_heads.unwrap_or(h), args.nk.unwrap_or(n), d);
+        let (q, k, v) = random_qkv(
+            &mut Rng::new(seed),
+            Shape::new(b, h, n, d),
+            kv,
+            dtype,
+            layout,
+            Distribution::KOutliers,
+        )?;
+        inputs.push(Input {
+            name: format!("random(seed={seed})"),
+            q,
+            k,
+            v,
+            sm_scale: None,
+        });
+    }
+    let mut records = Vec::new();
+    for input in &inputs {
+        let r = measure(backend.as_ref(), input, &config.params)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&r).map_err(|e| Error::param("json", e.to_string()))?
+            );
+        } else {
+            println!(
+                "{:<44} {} {} {} {} kv_block={} cos={:.6} rel_l1={:.5} rmse={:.3e} max_abs={:.3e} {:.1} ms",
+                r.input,
+                r.backend,
+                r.shape,
+                r.mode,
+                r.granularity,
+                r.kv_block,
+                r.cos,
+                r.rel_l1,
+                r.rmse,
+                r.max_abs,
+                r.ms
+            );
+        }
+        records.push(r);
+    }
+    if !args.json && records.len() > 1 {
+        let n = records.len() as f64;
+        println!(
+            "mean over {} inputs: cos={:.6} rel_l1={:.5} on {} ({})",
+            records.len(),
+            records.iter().map(|r| r.cos).sum::<f64>() / n,
+            records.iter().map(|r| r.rel_l1).sum::<f64>() / n,
+            records[0].backend,
+            records[0].device
+        );
+    }
+    Ok(())
+}
+
+fn info(json: bool) -> Result<()> {
+    let all = sage::probe_all();
+    if json {
+        let text =
+            serde_json::to_string_pretty(&all).map_err(|e| Error::param("json", e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    for s in &all {
+        match &s.capabilities {
+            Some(c) => {
+                let modes: Vec<&str> = c.modes.iter().map(|m| m.name()).collect();
+                println!("{:<5} available    {}", s.backend, c.device);
+                println!(
+                    "      modes {} (auto = {}), head dims up to {} (native {:?}), kv_block {:?} (default {})",
+                    modes.join(", "),
+                    c.auto_mode,
+                    c.max_head_dim,
+                    c.native_head_dims,
+                    c.kv_blocks,
+                    c.default_kv_block
+                );
+            }
+            None => println!(
+                "{:<5} unavailable  {}",
+                s.backend,
+                s.reason.as_deref().unwrap_or("unknown reason")
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Info { json } => info(*json),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
