@@ -33,7 +33,7 @@ enum Command {
         json: bool,
     },
     /// Runs attention on random data or safetensors files and compares with the exact f64 reference.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Settings shared by the commands that run attention; each overrides the config file and `SAGE_*`.

@@ -416,13 +416,13 @@ fn attend_tile_quantized(
             match &kv.v {
                 VHead::Fp8 { scales, .. } => {
                     let denom = E4M3_MAX * state.l;
-                    for c in 0..d {
-                        out[c] = state.acc[c] / denom * scales[c];
+                    for ((o, a), s) in out.iter_mut().zip(&state.acc).zip(scales) {
+                        *o = a / denom * s;
                     }
                 }
                 VHead::F16 { .. } => {
-                    for c in 0..d {
-                        out[c] = state.acc[c] / state.l;
+                    for (o, a) in out.iter_mut().zip(&state.acc) {
+                        *o = a / state.l;
                     }
                 }
             }
@@ -468,11 +468,11 @@ fn attend_tile_exact(p: &Problem, q: &[f32], k: &[f32], v: &[f32], row0: usize, 
             }
         }
         let lse = state.lse();
-        for c in 0..d {
-            out[c] = if lse == f32::NEG_INFINITY && !state.acc[c].is_nan() {
+        for (o, &a) in out.iter_mut().zip(&state.acc) {
+            *o = if lse == f32::NEG_INFINITY && !a.is_nan() {
                 0.0
             } else {
-                state.acc[c] / state.l
+                a / state.l
             };
         }
         tile.lse[r] = lse;

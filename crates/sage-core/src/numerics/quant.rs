@@ -43,6 +43,7 @@ pub fn scale_groups(granularity: Granularity, operand: Operand, n: usize) -> usi
 
 /// Quantizes one head's rows `x` (`[rows, d]`, finite) into `codes` (`[rows, d]`) and `scales`
 /// (`[scale_groups]`): scale = amax/qmax, code = clamp(round_half_even(x * (qmax/amax)), ±qmax).
+#[allow(clippy::too_many_arguments)] // the parameters are the step's inputs, named as in ALGORITHM.md
 pub fn quantize_rows(
     x: &[f32],
     rows: usize,

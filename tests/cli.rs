@@ -1,0 +1,265 @@
+//! The `sage` command as a user runs it: backend choice, config layers, inputs and their errors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use sage::random::{Distribution, Rng, random_qkv};
+use sage::{DType, Layout, Shape, io};
+
+fn sage(args: &[&str], env: &[(&str, &str)], dir: Option<&PathBuf>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sage"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SAGE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    cmd.output().unwrap_or_else(|e| panic!("running sage: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sage-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+fn write_qkv(path: &PathBuf, q: Shape, kv: Shape, meta: &[(&str, &str)]) {
+    let (q, k, v) = random_qkv(
+        &mut Rng::new(3),
+        q,
+        kv,
+        DType::F16,
+        Layout::Hnd,
+        Distribution::Normal,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let meta: HashMap<String, String> = meta
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let bytes = io::qkv_to_bytes(&q, &k, &v, meta).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn run_prints_json_with_the_documented_keys() {
+    let out = sage(
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--shape",
+            "1x2x100x64",
+            "--json",
+            "--seed",
+            "5",
+        ],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for key in [
+        "backend",
+        "device",
+        "mode",
+        "granularity",
+        "cos",
+        "rel_l1",
+        "rmse",
+        "ms",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {line}");
+    }
+    assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["mode"], "int8-fp8", "auto is int8-fp8 on the cpu");
+    assert!(v["cos"].as_f64().unwrap_or(0.0) > 0.998, "{line}");
+}
+
+#[test]
+fn backend_comes_from_flag_env_and_config_in_that_order() {
+    let dir = scratch("layers");
+    std::fs::write(
+        dir.join("sage.toml"),
+        "backend = \"cuda\"\nmode = \"int8-fp16\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // config file alone: cuda is unavailable here, and the error says why
+    let out = sage(&["run", "--shape", "1x1x8x32"], &[], Some(&dir));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cuda") && err.contains("unavailable") && err.lines().count() == 1,
+        "{err}"
+    );
+    // the environment overrides the file, the flag overrides both
+    let out = sage(
+        &["run", "--shape", "1x1x8x32", "--json"],
+        &[("SAGE_BACKEND", "cpu")],
+        Some(&dir),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"mode\":\"int8-fp16\""),
+        "the file's mode stays"
+    );
+    let out = sage(
+        &[
+            "run",
+            "--shape",
+            "1x1x8x32",
+            "--json",
+            "--backend",
+            "cpu",
+            "--mode",
+            "exact",
+        ],
+        &[("SAGE_BACKEND", "wgpu")],
+        Some(&dir),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"mode\":\"exact\""));
+    // auto falls back and says which backend it chose
+    let out = sage(
+        &["run", "--shape", "1x1x8x32", "--backend", "auto"],
+        &[],
+        Some(&dir),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("auto chose"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = scratch("badcfg");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "granularity = \"per-lane\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = sage(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap_or(""),
+            "--shape",
+            "1x1x8x32",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("granularity"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sage(
+        &["run", "--shape", "1x1x8x32"],
+        &[("SAGE_KV_BLOCK", "65")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("SAGE_KV_BLOCK"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inputs_from_files_and_their_errors() {
+    let dir = scratch("files");
+    let good = dir.join("good.safetensors");
+    write_qkv(
+        &good,
+        Shape::new(1, 2, 40, 32),
+        Shape::new(1, 2, 40, 32),
+        &[("sm_scale", "0.2")],
+    );
+    let out = sage(
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--input",
+            good.to_str().unwrap_or(""),
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("good.safetensors"));
+
+    let mismatched = dir.join("mismatched.safetensors");
+    write_qkv(
+        &mismatched,
+        Shape::new(1, 2, 40, 32),
+        Shape::new(1, 3, 40, 32),
+        &[],
+    );
+    let truncated = dir.join("truncated.safetensors");
+    let bytes = std::fs::read(&good).unwrap_or_default();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap_or_else(|e| panic!("{e}"));
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let missing = dir.join("nothere.safetensors");
+    for (path, says) in [
+        (&mismatched, "multiple"),
+        (&truncated, "safetensors"),
+        (&garbage, "safetensors"),
+        (&missing, "nothere"),
+    ] {
+        let out = sage(
+            &[
+                "run",
+                "--backend",
+                "cpu",
+                "--input",
+                path.to_str().unwrap_or(""),
+            ],
+            &[],
+            None,
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(says), "{path:?}: {err}");
+    }
+}
+
+#[test]
+fn info_lists_every_backend() {
+    let out = sage(&["info", "--json"], &[], None);
+    assert!(out.status.success());
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b["backend"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["cuda", "wgpu", "cpu"]);
+    let cpu = &v[2];
+    assert_eq!(cpu["available"], true);
+    assert!(
+        cpu["capabilities"]["modes"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4)
+    );
+}
