@@ -28,7 +28,7 @@ mod tests {
 
     /// Entry (i, j) of the Sylvester Hadamard matrix: (-1)^popcount(i & j).
     fn h(i: usize, j: usize) -> f32 {
-        if (i & j).count_ones() % 2 == 0 {
+        if (i & j).count_ones().is_multiple_of(2) {
             1.0
         } else {
             -1.0
@@ -42,9 +42,9 @@ mod tests {
         let y: Vec<f32> = (0..n).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.7).collect();
         let mut xr = x.clone();
         fwht_normalized(&mut xr);
-        for j in 0..n {
+        for (j, &got) in xr.iter().enumerate() {
             let want: f32 = (0..n).map(|i| x[i] * h(i, j)).sum::<f32>() / (n as f32).sqrt();
-            assert!((xr[j] - want).abs() < 1e-4, "column {j}");
+            assert!((got - want).abs() < 1e-4, "column {j}");
         }
         let mut yr = y.clone();
         fwht_normalized(&mut yr);
