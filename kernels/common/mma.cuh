@@ -1,0 +1,106 @@
+// mma.cuh: tensor-core instructions as inline PTX, plus the shared-memory movers that feed them.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k*"); lane = 4*g + t, g = groupID
+// (lane / 4), t = threadID_in_group (lane % 4):
+//   accumulator C/D (m16n8, s32 or f32): c0,c1 = row g,   cols 2t, 2t+1
+//                                        c2,c3 = row g+8, cols 2t, 2t+1
+//   A (16 x K, row-major), 4 registers:  a[0] = row g,   k-word t      a[1] = row g+8, k-word t
+//                                        a[2] = row g,   k-word t+4    a[3] = row g+8, k-word t+4
+//   B (K x 8, "col" = stored as 8 rows of K), 2 registers: b[0] = col g, k-word t;  b[1] = col g, k-word t+4
+// where a "k-word" is the 32-bit word of a row's K elements: 4 x s8/e4m3 (m16n8k32), 8 x s4
+// (m16n8k64) or 2 x f16/bf16 (m16n8k16), lowest k in the lowest bits. The three shapes have the
+// same word layout, which is why one loader serves INT8 and INT4 codes.
+#ifndef SAGE_MMA_CUH
+#define SAGE_MMA_CUH
+
+#ifndef SAGE_AMALGAMATED
+#include "common/prelude.cuh"
+#endif
+
+// D += A * B, s8 x s8 -> s32, m16n8k32 (sm_80+).
+SAGE_DEVICE void mma_s8(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// D += A * B, s4 x s4 -> s32, m16n8k64 (sm_80+). Native on sm_80/86/89; on sm_90 it is emulated
+// and runs about 25x slower than mma_s8 (GPU-NOTES.md): correct, never fast.
+SAGE_DEVICE void mma_s4(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+#if __CUDA_ARCH__ >= 890
+// D += A * B, e4m3 x e4m3 -> f32, m16n8k32 (sm_89+).
+SAGE_DEVICE void mma_e4m3(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+// D += A * B, f16 x f16 -> f32, m16n8k16 (sm_80+).
+SAGE_DEVICE void mma_f16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// D += A * B, bf16 x bf16 -> f32, m16n8k16 (sm_80+).
+SAGE_DEVICE void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Tag-dispatched 16-bit float mma for the exact mode.
+SAGE_DEVICE void mma_16bit(DtF16, float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { mma_f16(d, a, b0, b1); }
+SAGE_DEVICE void mma_16bit(DtBF16, float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { mma_bf16(d, a, b0, b1); }
+
+// ---- shared memory -------------------------------------------------------------------------------
+SAGE_DEVICE u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Four 8x8 matrices of 16-byte rows. Lanes 8i..8i+7 give the row addresses of matrix i; lane
+// 4g+t receives in d[i] the 32-bit word t of row g of matrix i. With 16-byte rows cut from tiles
+// stored row = n (key or channel), column = k, that is exactly a B fragment register (see above).
+SAGE_DEVICE void ldmatrix_x4(u32 (&d)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+// The transposing form, 16-bit elements: lane 4g+t receives elements (row 2t, col g) and
+// (row 2t+1, col g) of each matrix. Rows = keys, cols = channels gives the B fragment of P*V
+// straight from V stored [key][channel].
+SAGE_DEVICE void ldmatrix_x4_trans(u32 (&d)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+// 16-byte global -> shared copy that bypasses registers (sm_80+). Both addresses 16-byte aligned.
+SAGE_DEVICE void cp_async_16(u32 smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem), "l"(gmem) : "memory");
+}
+SAGE_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+SAGE_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// ---- fast math -----------------------------------------------------------------------------------
+// 2^x with the hardware approximation (relative error ~2^-22; ALGORITHM.md allows exp2 to differ
+// from the CPU's at that level). ex2(-inf) = +0, which is how masked keys get p = 0.
+SAGE_DEVICE float ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+#endif  // SAGE_MMA_CUH

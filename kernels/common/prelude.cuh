@@ -1,0 +1,121 @@
+// prelude.cuh: what every sage kernel shares. No CUDA headers: NVRTC 13.0 ships none, so f16 and
+// bf16 travel as raw bits (`unsigned short`) and are converted with inline PTX.
+//
+// The numerics follow /work/shared/docs/ALGORITHM.md; the CPU backend (crates/sage-core/src/cpu.rs)
+// is the reference every kernel here is checked against.
+#ifndef SAGE_PRELUDE_CUH
+#define SAGE_PRELUDE_CUH
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+typedef signed char i8;
+typedef long long i64;
+
+#define SAGE_DEVICE __device__ __forceinline__
+#define FULL_MASK 0xffffffffu
+
+// ---- constants of ALGORITHM.md (the same f32 values as crates/sage-core/src/numerics) ----
+// log2(e) as an f32 (0x3fb8aa3b): logits are taken to base 2 so the softmax uses exp2 (Step 4).
+#define LOG2_E 1.44269504088896340736f
+// ln(2) as an f32 (0x3f317218): turns the base-2 log-sum-exp back into the natural one.
+#define LN_2 0.69314718055994530942f
+// Largest finite E4M3 value; P is scaled by it before encoding (Step 6), V' is divided by sv = amax/448 (Step 7).
+#define E4M3_MAX 448.0f
+// Queries per smooth_q mean (Step 2).
+#define Q_SMOOTH_BLOCK 128
+// Tokens per quantization CTA: a multiple of every scale-group block (128, 64, 32) and equal to
+// Q_SMOOTH_BLOCK, so no scale group and no smooth_q block straddles two CTAs. The quantized Q/K/V
+// buffers are padded to a multiple of it (ABI.md, "Padded lengths").
+#define QUANT_TOKENS 128
+// The largest padded head dim.
+#define MAX_DP 128
+
+SAGE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
+SAGE_DEVICE float pos_inf() { return __int_as_float(0x7f800000); }
+SAGE_DEVICE int ceil_div(int a, int b) { return (a + b - 1) / b; }
+SAGE_DEVICE int round_up(int a, int b) { return ceil_div(a, b) * b; }
+
+// ---- element types: f16 and bf16 are raw bits --------------------------------------------------
+SAGE_DEVICE float f16_to_f32(u16 bits) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(bits));
+    return r;
+}
+// Round to nearest even, as half::f16::from_f32 does.
+SAGE_DEVICE u16 f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+// bf16 is the upper half of an f32: widening is exact.
+SAGE_DEVICE float bf16_to_f32(u16 bits) { return __uint_as_float(((u32)bits) << 16); }
+SAGE_DEVICE u16 f32_to_bf16(float x) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+// Two f32 to one f16x2 word; `lo` goes to the low half (the lower k index of an mma fragment).
+SAGE_DEVICE u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+SAGE_DEVICE u32 pack_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Element-type traits: `T` is the storage type, `load`/`store` convert to and from f32, `pack2`
+// rounds two f32 to the type (for the P operand of the exact mode's mma).
+struct DtF16 {
+    typedef u16 T;
+    static SAGE_DEVICE float load(T v) { return f16_to_f32(v); }
+    static SAGE_DEVICE T store(float x) { return f32_to_f16(x); }
+    static SAGE_DEVICE u32 pack2(float lo, float hi) { return pack_f16x2(lo, hi); }
+};
+struct DtBF16 {
+    typedef u16 T;
+    static SAGE_DEVICE float load(T v) { return bf16_to_f32(v); }
+    static SAGE_DEVICE T store(float x) { return f32_to_bf16(x); }
+    static SAGE_DEVICE u32 pack2(float lo, float hi) { return pack_bf16x2(lo, hi); }
+};
+struct DtF32 {
+    typedef float T;
+    static SAGE_DEVICE float load(T v) { return v; }
+    static SAGE_DEVICE T store(float x) { return x; }
+};
+
+// ---- warp reductions ---------------------------------------------------------------------------
+SAGE_DEVICE float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+// fmaxf ignores NaN like Rust's f32::max: amax over a group is the same value on both sides.
+SAGE_DEVICE float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+// The four threads of an mma quad (lanes 4g..4g+3) own one accumulator row between them.
+SAGE_DEVICE float quad_sum(float v) {
+    v += __shfl_xor_sync(FULL_MASK, v, 1);
+    v += __shfl_xor_sync(FULL_MASK, v, 2);
+    return v;
+}
+SAGE_DEVICE float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 1));
+    v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, 2));
+    return v;
+}
+
+// The non-finite flag of one tensor: the smallest linear token index ((b*H + h)*N + n) holding a
+// NaN or Inf. The host initialises it to INT_MAX (0x7fffffff) and reads it after the quantization
+// pass (ABI.md, "Non-finite inputs").
+SAGE_DEVICE void flag_nonfinite(int* flag, i64 linear_token) {
+    if (flag != nullptr) atomicMin(flag, (int)linear_token);
+}
+
+#endif  // SAGE_PRELUDE_CUH

@@ -1,0 +1,67 @@
+// softmax.cuh: the online softmax of ALGORITHM.md Step 6 on mma accumulator tiles.
+//
+// A warp owns 16 query rows of a tile; lane 4g+t holds rows g and g+8 ("r = 0, 1") and, for each
+// n-tile nt of 8 keys, keys 8nt + 2t and 8nt + 2t + 1: s[nt][2r], s[nt][2r+1]. A row's values are
+// spread over the quad of lanes 4g..4g+3, so its max is a quad reduction. Its sum `l` is kept
+// per lane (each lane's share of the row) and only reduced at the end: l = sum over lanes of
+// (l_lane * alpha + sum_lane p) is the CPU's l * alpha + sum p with the additions regrouped.
+#ifndef SAGE_SOFTMAX_CUH
+#define SAGE_SOFTMAX_CUH
+
+#ifndef SAGE_AMALGAMATED
+#include "common/prelude.cuh"
+#include "common/mma.cuh"
+#endif
+
+template <int NT>
+struct OnlineSoftmax {
+    float m[2];  // running max of the base-2 logits of rows g, g+8 (-inf: nothing seen yet)
+    float l[2];  // this lane's share of the running sum of the unquantized p
+
+    SAGE_DEVICE void init() {
+        m[0] = m[1] = neg_inf();
+        l[0] = l[1] = 0.0f;
+    }
+
+    // `update`: turns one KV tile's logits into p = exp2(L - m_new) in place and returns the
+    // factor alpha = exp2(m_old - m_new) that rescales the running state of each row. When every
+    // logit so far is -inf (causal rows that see nothing yet) the reference skips the block; here
+    // m_new = -inf is replaced by 0 so that alpha = p = 0 and the state stays exactly zero, which is
+    // the same thing without a branch (and -inf - -inf never happens).
+    SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float bm = neg_inf();
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            bm = quad_max(bm);
+            const float m_new = fmaxf(m[r], bm);
+            const float base = m_new == neg_inf() ? 0.0f : m_new;
+            alpha[r] = ex2(m[r] - base);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[nt][2 * r] = ex2(s[nt][2 * r] - base);
+                s[nt][2 * r + 1] = ex2(s[nt][2 * r + 1] - base);
+                sum += s[nt][2 * r] + s[nt][2 * r + 1];
+            }
+            l[r] = l[r] * alpha[r] + sum;
+            m[r] = m_new;
+        }
+    }
+
+    // `finalize`, part one: the row sums over the quad. Call once, after the last tile.
+    SAGE_DEVICE void reduce_rows() {
+        l[0] = quad_sum(l[0]);
+        l[1] = quad_sum(l[1]);
+    }
+
+    // Natural log-sum-exp of the base-2 logits of row r (after reduce_rows): (m + log2 l) * ln 2,
+    // -inf for a row that saw no key (l == 0).
+    SAGE_DEVICE float lse(int r) const {
+        if (l[r] == 0.0f) return neg_inf();
+        return __fmul_rn(__fadd_rn(m[r], log2f(l[r])), LN_2);
+    }
+};
+
+#endif  // SAGE_SOFTMAX_CUH

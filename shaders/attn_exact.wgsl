@@ -1,0 +1,153 @@
+// The `exact` mode: plain f32 flash attention with the online softmax of ALGORITHM.md Step 6, no
+// smoothing, no quantization: the in-project baseline for speed and accuracy. NaN and infinities
+// propagate as IEEE arithmetic does.
+
+@group(0) @binding(0) var<uniform> P: Params;
+// [B, Hq, Nq, Dp], [B, Hkv, Nk, Dp], [B, Hkv, Nk, Dp] in f32
+@group(0) @binding(1) var<storage, read> q32: array<f32>;
+@group(0) @binding(2) var<storage, read> k32: array<f32>;
+@group(0) @binding(3) var<storage, read> v32: array<f32>;
+// O [B, Hq, Nq, D], then the log-sum-exp [B, Hq, Nq] at P.off_lse
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const ROWS: u32 = 64u;
+const TILE_WORDS: u32 = 4096u;
+
+var<workgroup> tile: array<f32, 4096>;
+
+fn last_visible(m: u32) -> i32 {
+    if (P.seq_k == 0u) {
+        return -1;
+    }
+    if (P.causal == 0u) {
+        return i32(P.seq_k) - 1;
+    }
+    return min(i32(m) + i32(P.seq_k) - i32(P.seq_q), i32(P.seq_k) - 1);
+}
+
+@compute @workgroup_size(64)
+fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = lid.x;
+    let h = wid.y;
+    let b = wid.z;
+    let m = wid.x * ROWS + t;
+    let dp = P.head_dim_padded;
+    let d = P.head_dim;
+    let bh = b * P.heads_q + h;
+    let bhk = b * P.heads_kv + h / (P.heads_q / P.heads_kv);
+    let kv_tile = min(P.kv_block, TILE_WORDS / dp);
+    let in_range = m < P.seq_q;
+    var q: array<f32, 128>;
+    var my_last = -1;
+    if (in_range) {
+        for (var c = 0u; c < d; c++) {
+            q[c] = q32[(bh * P.seq_q + m) * dp + c];
+        }
+        my_last = last_visible(m);
+    }
+    let wg_last = last_visible(min(wid.x * ROWS + ROWS - 1u, P.seq_q - 1u));
+    let logit_scale = P.sm_scale * LOG2_E;
+    var logits: array<f32, 128>;
+    var acc: array<f32, 128>;
+    var blk: array<f32, 128>;
+    for (var c = 0u; c < dp; c++) {
+        acc[c] = 0.0;
+    }
+    var m_run = neg_inf();
+    var l = 0.0;
+    var poisoned = false;
+    for (var start = 0u; i32(start) <= wg_last; start += P.kv_block) {
+        let end = min(start + P.kv_block, u32(wg_last + 1));
+        for (var s0 = start; s0 < end; s0 += kv_tile) {
+            let s1 = min(s0 + kv_tile, end);
+            workgroupBarrier();
+            for (var i = t; i < (s1 - s0) * dp; i += ROWS) {
+                tile[i] = k32[(bhk * P.seq_k + s0) * dp + i];
+            }
+            workgroupBarrier();
+            if (in_range) {
+                for (var n = s0; n < s1; n++) {
+                    var s = neg_inf();
+                    if (i32(n) <= my_last) {
+                        var dot = 0.0;
+                        for (var c = 0u; c < d; c++) {
+                            dot += q[c] * tile[(n - s0) * dp + c];
+                        }
+                        s = dot * logit_scale;
+                    }
+                    logits[n - start] = s;
+                }
+            }
+        }
+        var alpha = 0.0;
+        var live = false;
+        if (in_range) {
+            var block_max = neg_inf();
+            var nan = false;
+            for (var j = 0u; j < end - start; j++) {
+                block_max = max(block_max, logits[j]);
+                nan = nan || (!is_finite_f32(logits[j]) && logits[j] != neg_inf());
+            }
+            poisoned = poisoned || nan;
+            let m_new = max(m_run, block_max);
+            if (m_new != neg_inf()) {
+                live = true;
+                alpha = exp2(m_run - m_new);
+                var sum = 0.0;
+                for (var j = 0u; j < end - start; j++) {
+                    logits[j] = exp2(logits[j] - m_new);
+                    sum += logits[j];
+                }
+                l = l * alpha + sum;
+                m_run = m_new;
+            }
+        }
+        for (var c = 0u; c < dp; c++) {
+            blk[c] = 0.0;
+        }
+        for (var s0 = start; s0 < end; s0 += kv_tile) {
+            let s1 = min(s0 + kv_tile, end);
+            workgroupBarrier();
+            for (var i = t; i < (s1 - s0) * dp; i += ROWS) {
+                tile[i] = v32[(bhk * P.seq_k + s0) * dp + i];
+            }
+            workgroupBarrier();
+            if (live) {
+                for (var n = s0; n < s1; n++) {
+                    let p = logits[n - start];
+                    if (p == 0.0) {
+                        continue;
+                    }
+                    for (var c = 0u; c < d; c++) {
+                        blk[c] += p * tile[(n - s0) * dp + c];
+                    }
+                }
+            }
+        }
+        if (live) {
+            for (var c = 0u; c < dp; c++) {
+                acc[c] = acc[c] * alpha + blk[c];
+            }
+        }
+    }
+    if (!in_range) {
+        return;
+    }
+    let nan = bitcast<f32>(0x7fc00000u);
+    for (var c = 0u; c < d; c++) {
+        var o = 0.0;
+        if (poisoned) {
+            o = nan;
+        } else if (l != 0.0) {
+            o = acc[c] / l;
+        }
+        out[(bh * P.seq_q + m) * d + c] = o;
+    }
+    if (P.want_lse != 0u) {
+        var lse = neg_inf();
+        if (l != 0.0) {
+            lse = (m_run + log2(l)) * LN_2;
+        }
+        out[P.off_lse + bh * P.seq_q + m] = lse;
+    }
+}
