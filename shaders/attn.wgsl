@@ -17,7 +17,8 @@
 @group(0) @binding(5) var<storage, read> aux: array<f32>;
 // Q in f32 [B, Hq, Nq, Dp], for the sm_scale * q.km that the log-sum-exp adds back
 @group(0) @binding(6) var<storage, read> q32: array<f32>;
-// O [B, Hq, Nq, D] in f32, then the log-sum-exp [B, Hq, Nq] at P.off_lse
+// O [B, Hq, Nq, D] in f32, the log-sum-exp [B, Hq, Nq] at P.off_lse, and the online softmax state
+// (m, l, flags, acc[Dp]) per row at P.state_offset between chunks
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
 const ROWS: u32 = 64u;
@@ -100,13 +101,23 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     var logits: array<f32, 128>;
     var acc: array<f32, 128>;
     var blk: array<f32, 128>;
+    // online softmax state: fresh in the first chunk of keys, carried over in the others
+    let state = P.state_offset + (bh * P.seq_q + m) * (dp + 4u);
+    var m_run = neg_inf();
+    var l = 0.0;
     for (var c = 0u; c < dp; c++) {
         acc[c] = 0.0;
     }
-    var m_run = neg_inf();
-    var l = 0.0;
-    for (var start = 0u; i32(start) <= wg_last; start += P.kv_block) {
-        let end = min(start + P.kv_block, u32(wg_last + 1));
+    if (P.chunk_first == 0u && in_range) {
+        m_run = out[state];
+        l = out[state + 1u];
+        for (var c = 0u; c < dp; c++) {
+            acc[c] = out[state + 4u + c];
+        }
+    }
+    let keys_end = min(u32(max(wg_last + 1, 0)), P.kv_end);
+    for (var start = P.kv_start; start < keys_end; start += P.kv_block) {
+        let end = min(start + P.kv_block, keys_end);
         // scores
         for (var s0 = start; s0 < end; s0 += k_tile) {
             let s1 = min(s0 + k_tile, end);
@@ -213,8 +224,16 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
         }
     }
 
-    // online_softmax.finalize
+    // online_softmax.finalize (or hand the state to the next chunk of keys)
     if (!in_range) {
+        return;
+    }
+    if (P.chunk_last == 0u) {
+        out[state] = m_run;
+        out[state + 1u] = l;
+        for (var c = 0u; c < dp; c++) {
+            out[state + 4u + c] = acc[c];
+        }
         return;
     }
     let d = P.head_dim;

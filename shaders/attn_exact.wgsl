@@ -1,19 +1,33 @@
 // The `exact` mode: plain f32 flash attention with the online softmax of ALGORITHM.md Step 6, no
-// smoothing, no quantization: the in-project baseline for speed and accuracy. NaN and infinities
-// propagate as IEEE arithmetic does.
+// smoothing, no quantization: the in-project baseline for speed and accuracy.
+// Non-finite inputs propagate: a row whose query, or any key or value it sees, holds a NaN or an
+// infinity comes out NaN. Vulkan and WGSL do not promise IEEE NaN propagation (drivers may assume
+// there are none), so the shader finds them by their bits instead of trusting the arithmetic.
 
 @group(0) @binding(0) var<uniform> P: Params;
 // [B, Hq, Nq, Dp], [B, Hkv, Nk, Dp], [B, Hkv, Nk, Dp] in f32
 @group(0) @binding(1) var<storage, read> q32: array<f32>;
 @group(0) @binding(2) var<storage, read> k32: array<f32>;
 @group(0) @binding(3) var<storage, read> v32: array<f32>;
-// O [B, Hq, Nq, D], then the log-sum-exp [B, Hq, Nq] at P.off_lse
+// O [B, Hq, Nq, D], the log-sum-exp [B, Hq, Nq] at P.off_lse, and the online softmax state
+// (m, l, poisoned, acc[Dp]) per row at P.state_offset between chunks
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const ROWS: u32 = 64u;
 const TILE_WORDS: u32 = 4096u;
 
 var<workgroup> tile: array<f32, 4096>;
+// per key of the current sub-tile: 1 when its K or V row holds a NaN or an infinity
+var<workgroup> bad_key: array<u32, 128>;
+
+// True when the d values of a tile row are all finite.
+fn row_is_finite(base: u32, d: u32) -> bool {
+    var ok = true;
+    for (var c = 0u; c < d; c++) {
+        ok = ok && is_finite_f32(tile[base + c]);
+    }
+    return ok;
+}
 
 fn last_visible(m: u32) -> i32 {
     if (P.seq_k == 0u) {
@@ -38,10 +52,12 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let kv_tile = min(P.kv_block, TILE_WORDS / dp);
     let in_range = m < P.seq_q;
     var q: array<f32, 128>;
+    var bad_q = false;
     var my_last = -1;
     if (in_range) {
         for (var c = 0u; c < d; c++) {
             q[c] = q32[(bh * P.seq_q + m) * dp + c];
+            bad_q = bad_q || !is_finite_f32(q[c]);
         }
         my_last = last_visible(m);
     }
@@ -50,14 +66,25 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     var logits: array<f32, 128>;
     var acc: array<f32, 128>;
     var blk: array<f32, 128>;
-    for (var c = 0u; c < dp; c++) {
-        acc[c] = 0.0;
-    }
+    // online softmax state: fresh in the first chunk of keys, carried over in the others
+    let state = P.state_offset + (bh * P.seq_q + m) * (dp + 4u);
     var m_run = neg_inf();
     var l = 0.0;
     var poisoned = false;
-    for (var start = 0u; i32(start) <= wg_last; start += P.kv_block) {
-        let end = min(start + P.kv_block, u32(wg_last + 1));
+    for (var c = 0u; c < dp; c++) {
+        acc[c] = 0.0;
+    }
+    if (P.chunk_first == 0u && in_range) {
+        m_run = out[state];
+        l = out[state + 1u];
+        poisoned = out[state + 2u] != 0.0;
+        for (var c = 0u; c < dp; c++) {
+            acc[c] = out[state + 4u + c];
+        }
+    }
+    let keys_end = min(u32(max(wg_last + 1, 0)), P.kv_end);
+    for (var start = P.kv_start; start < keys_end; start += P.kv_block) {
+        let end = min(start + P.kv_block, keys_end);
         for (var s0 = start; s0 < end; s0 += kv_tile) {
             let s1 = min(s0 + kv_tile, end);
             workgroupBarrier();
@@ -65,10 +92,15 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
                 tile[i] = k32[(bhk * P.seq_k + s0) * dp + i];
             }
             workgroupBarrier();
+            if (t < s1 - s0) {
+                bad_key[t] = select(1u, 0u, row_is_finite(t * dp, d));
+            }
+            workgroupBarrier();
             if (in_range) {
                 for (var n = s0; n < s1; n++) {
                     var s = neg_inf();
                     if (i32(n) <= my_last) {
+                        poisoned = poisoned || bad_q || bad_key[n - s0] != 0u;
                         var dot = 0.0;
                         for (var c = 0u; c < d; c++) {
                             dot += q[c] * tile[(n - s0) * dp + c];
@@ -112,9 +144,14 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
                 tile[i] = v32[(bhk * P.seq_k + s0) * dp + i];
             }
             workgroupBarrier();
-            if (live) {
+            if (t < s1 - s0) {
+                bad_key[t] = select(1u, 0u, row_is_finite(t * dp, d));
+            }
+            workgroupBarrier();
+            if (in_range) {
                 for (var n = s0; n < s1; n++) {
-                    let p = logits[n - start];
+                    let p = select(0.0, logits[n - start], live);
+                    poisoned = poisoned || (i32(n) <= my_last && bad_key[n - s0] != 0u);
                     if (p == 0.0) {
                         continue;
                     }
@@ -130,7 +167,17 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
             }
         }
     }
+    // online_softmax.finalize (or hand the state to the next chunk of keys)
     if (!in_range) {
+        return;
+    }
+    if (P.chunk_last == 0u) {
+        out[state] = m_run;
+        out[state + 1u] = l;
+        out[state + 2u] = select(0.0, 1.0, poisoned);
+        for (var c = 0u; c < dp; c++) {
+            out[state + 4u + c] = acc[c];
+        }
         return;
     }
     let nan = bitcast<f32>(0x7fc00000u);
@@ -145,7 +192,9 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     }
     if (P.want_lse != 0u) {
         var lse = neg_inf();
-        if (l != 0.0) {
+        if (poisoned) {
+            lse = nan;
+        } else if (l != 0.0) {
             lse = (m_run + log2(l)) * LN_2;
         }
         out[P.off_lse + bh * P.seq_q + m] = lse;

@@ -3,7 +3,7 @@
 requires packed_4x8_integer_dot_product;
 
 // One uniform block for every pass; each pass reads the fields it needs. The layout must match
-// `Params` in crates/sage-wgpu/src/params.rs field for field (44 x 4 bytes).
+// `Params` in crates/sage-wgpu/src/params.rs field for field (48 x 4 bytes).
 struct Params {
     // the attention problem (ALGORITHM.md, Shapes)
     batch: u32, heads_q: u32, heads_kv: u32, seq_q: u32,
@@ -18,7 +18,10 @@ struct Params {
     // where the attention pass finds each section of the aux buffer (in f32 elements)
     off_q_scales: u32, off_k_scales: u32, off_k8_scales: u32, off_v_scales: u32,
     off_km: u32, off_vm: u32, off_qm: u32, off_lse: u32,
-    q_groups: u32, k_groups: u32, threads_x: u32, _pad0: u32,
+    q_groups: u32, k_groups: u32, threads_x: u32, state_offset: u32,
+    // the keys [kv_start, kv_end) this dispatch of the attention covers; the first dispatch starts the
+    // online softmax, the last one finalizes it, the others carry its state through out[state_offset..]
+    kv_start: u32, kv_end: u32, chunk_first: u32, chunk_last: u32,
 }
 
 const MODE_INT4_FP8: u32 = 0u;

@@ -109,21 +109,3 @@ fn quantize_qk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
         write_codes((bh * P.seq + n) * (dp / 4u), &x, select(127.0 / g_amax, 0.0, g_amax == 0.0), 127, false, true);
     }
 }
-
-// Step 2b on the Q block means, for the dS correction: rows of [.., Dp] at P.dst_offset, in place.
-@compute @workgroup_size(64)
-fn rotate_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = linear_id(gid, P.threads_x);
-    if (r >= P.seq) {
-        return;
-    }
-    let dp = P.head_dim_padded;
-    var x: array<f32, 128>;
-    for (var c = 0u; c < dp; c++) {
-        x[c] = aux[P.dst_offset + r * dp + c];
-    }
-    fwht(&x, dp);
-    for (var c = 0u; c < dp; c++) {
-        aux[P.dst_offset + r * dp + c] = x[c];
-    }
-}

@@ -2,10 +2,10 @@
 // infinities, 0x7F/0xFF NaN, largest finite 448, subnormals m/8 * 2^-6 (ALGORITHM.md, "FP8 E4M3").
 //
 // Two encoders with the same rounding rule (nearest, ties to even, saturating at +-448, NaN stays NaN):
-// - `e4m3_encode`: integer/f32 arithmetic, every architecture. The quantization stage uses it so
-//   quantize_v_e4m3_* gives the same codes on any GPU; it is the rule of numerics/fp8.rs step by step.
-// - `pack4_e4m3`: the hardware `cvt.rn.satfinite.e4m3x2.f32` (sm_89+), for P inside the attention
-//   kernels. satfinite clamps beyond 448 to 448 (the CPU's saturation), NaN gives NaN.
+// - `e4m3_encode` (here): integer/f32 arithmetic, every architecture. The quantization stage uses it
+//   so quantize_v_e4m3_* gives the same codes on any GPU; it is the rule of numerics/fp8.rs step by step.
+// - `pack4_e4m3` (ptx.cuh): the hardware `cvt.rn.satfinite.e4m3x2.f32` (sm_89+), for P inside the
+//   attention kernels.
 #ifndef SAGE_FP8_CUH
 #define SAGE_FP8_CUH
 
@@ -40,16 +40,5 @@ SAGE_DEVICE u8 e4m3_encode(float x) {
     if (code > E4M3_CODE_MAX) code = E4M3_CODE_MAX;  // 448 < a < 464 rounds to 448 anyway; belt and braces
     return (u8)(sign | code);
 }
-
-#if __CUDA_ARCH__ >= 890
-// Four f32 to four E4M3 codes in one 32-bit word, `a` in the lowest byte (the lowest k index of
-// an mma fragment register). cvt ... e4m3x2 puts its FIRST source in the UPPER byte.
-SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
-    u16 lo, hi;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(b), "f"(a));
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
-    return (u32)lo | ((u32)hi << 16);
-}
-#endif
 
 #endif  // SAGE_FP8_CUH

@@ -31,61 +31,15 @@ typedef long long i64;
 // The largest padded head dim.
 #define MAX_DP 128
 
+// 16 bytes moved as one vector access (ld/st .v4.u32); needs 16-byte aligned addresses.
+struct __align__(16) U32x4 {
+    u32 x, y, z, w;
+};
+
 SAGE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
 SAGE_DEVICE float pos_inf() { return __int_as_float(0x7f800000); }
 SAGE_DEVICE int ceil_div(int a, int b) { return (a + b - 1) / b; }
 SAGE_DEVICE int round_up(int a, int b) { return ceil_div(a, b) * b; }
-
-// ---- element types: f16 and bf16 are raw bits --------------------------------------------------
-SAGE_DEVICE float f16_to_f32(u16 bits) {
-    float r;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(bits));
-    return r;
-}
-// Round to nearest even, as half::f16::from_f32 does.
-SAGE_DEVICE u16 f32_to_f16(float x) {
-    u16 r;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-// bf16 is the upper half of an f32: widening is exact.
-SAGE_DEVICE float bf16_to_f32(u16 bits) { return __uint_as_float(((u32)bits) << 16); }
-SAGE_DEVICE u16 f32_to_bf16(float x) {
-    u16 r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-// Two f32 to one f16x2 word; `lo` goes to the low half (the lower k index of an mma fragment).
-SAGE_DEVICE u32 pack_f16x2(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-SAGE_DEVICE u32 pack_bf16x2(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-// Element-type traits: `T` is the storage type, `load`/`store` convert to and from f32, `pack2`
-// rounds two f32 to the type (for the P operand of the exact mode's mma).
-struct DtF16 {
-    typedef u16 T;
-    static SAGE_DEVICE float load(T v) { return f16_to_f32(v); }
-    static SAGE_DEVICE T store(float x) { return f32_to_f16(x); }
-    static SAGE_DEVICE u32 pack2(float lo, float hi) { return pack_f16x2(lo, hi); }
-};
-struct DtBF16 {
-    typedef u16 T;
-    static SAGE_DEVICE float load(T v) { return bf16_to_f32(v); }
-    static SAGE_DEVICE T store(float x) { return f32_to_bf16(x); }
-    static SAGE_DEVICE u32 pack2(float lo, float hi) { return pack_bf16x2(lo, hi); }
-};
-struct DtF32 {
-    typedef float T;
-    static SAGE_DEVICE float load(T v) { return v; }
-    static SAGE_DEVICE T store(float x) { return x; }
-};
 
 // ---- warp reductions ---------------------------------------------------------------------------
 SAGE_DEVICE float warp_sum(float v) {

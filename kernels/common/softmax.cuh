@@ -10,7 +10,7 @@
 
 #ifndef SAGE_AMALGAMATED
 #include "common/prelude.cuh"
-#include "common/mma.cuh"
+#include "common/ptx.cuh"
 #endif
 
 template <int NT>

@@ -146,6 +146,52 @@ impl WgpuBackend {
         self.gpu.timestamps
     }
 
+    /// Loop iterations one shader invocation may run in all, where the driver limits them: llvmpipe
+    /// (lavapipe) ends every loop of an invocation once 65535 back-edges have run, silently.
+    fn loop_budget(&self) -> Option<u64> {
+        (self.gpu.info.device_type == wgpu::DeviceType::Cpu).then_some(65_535)
+    }
+
+    /// Refuses sequences whose per-invocation loops (the means and the V quantization walk every
+    /// token) would outrun the driver's loop limit, rather than return a wrong answer.
+    fn check_loop_budget(&self, p: &Problem) -> Result<()> {
+        let Some(budget) = self.loop_budget() else {
+            return Ok(());
+        };
+        let longest = 2 * p.seq_q.max(p.seq_k) as u64 + 1024;
+        if longest > budget {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: format!(
+                    "sequences of {} tokens on {}: this software driver stops shader loops after {budget} iterations (use a GPU adapter or the cpu backend)",
+                    p.seq_q.max(p.seq_k),
+                    self.gpu.describe()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Keys one attention dispatch covers: all of them on real GPUs; on a driver with a loop limit,
+    /// as many whole kv blocks as stay well inside it (the online softmax state carries over).
+    fn keys_per_dispatch(&self, p: &Problem) -> usize {
+        let all = p.seq_k.div_ceil(p.kv_block).max(1) * p.kv_block;
+        let Some(budget) = self.loop_budget() else {
+            return all;
+        };
+        let dp = p.head_dim_padded as u64;
+        // back-edges per key of the loops that run per key (ALGORITHM.md Steps 4-6), with slack
+        let per_key = match p.mode {
+            Mode::Exact => 3 * p.head_dim as u64,
+            Mode::Int4Fp8 => dp / 8 + dp / 4,
+            Mode::Int8Fp8 => dp / 4 + dp / 4,
+            Mode::Int8Fp16 | Mode::Auto => dp / 4 + dp / 2,
+        } + if p.smooth_q { dp / 4 } else { 0 }
+            + 24;
+        let keys = ((budget * 6 / 10) / per_key) as usize;
+        (keys / p.kv_block).max(1) * p.kv_block
+    }
+
     /// A storage buffer of `bytes`, refused with a clear error beyond the adapter's limits.
     fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.max(4).div_ceil(4) * 4;
@@ -613,43 +659,39 @@ impl WgpuBackend {
         })
     }
 
-    /// Reads the non-finite flags after a submission: the first offending token of Q, K or V.
+    /// Reads the non-finite flags after a submission and names the first offending element:
+    /// tensor, batch, head, token, and its value read back from the caller's own buffer.
     fn check_flags(
         &self,
         quant: &Quantized,
-        f32_bufs: [&wgpu::Buffer; 3],
-        dp: usize,
+        inputs: [&wgpu::Buffer; 3],
+        metas: [TensorMeta; 3],
     ) -> Result<()> {
         let bytes = self.read(&quant.flags, 0, 12)?;
         for (slot, tensor) in ["Q", "K", "V"].into_iter().enumerate() {
-            let row = u32::from_le_bytes([
+            let word = [
                 bytes[4 * slot],
                 bytes[4 * slot + 1],
                 bytes[4 * slot + 2],
                 bytes[4 * slot + 3],
-            ]);
+            ];
+            let row = u32::from_le_bytes(word);
             if row == u32::MAX {
                 continue;
             }
             let s = quant.shapes[slot];
             let row = row as usize;
-            let (n, h, b) = (
+            let (token, head, batch) = (
                 row % s.seq,
                 (row / s.seq) % s.heads,
                 row / (s.seq * s.heads),
             );
-            let vals = self.read(f32_bufs[slot], (row * dp * 4) as u64, (dp * 4) as u64)?;
-            let value = vals
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .find(|v| !v.is_finite())
-                .unwrap_or(f32::NAN);
             return Err(Error::NonFinite {
                 tensor,
-                batch: b,
-                head: h,
-                token: n,
-                value,
+                batch,
+                head,
+                token,
+                value: self.first_non_finite(inputs[slot], metas[slot], batch, head, token),
             });
         }
         Ok(())
@@ -707,10 +749,31 @@ impl WgpuBackend {
             &k.handle::<GpuTensor>(NAME)?.buffer,
             &v.handle::<GpuTensor>(NAME)?.buffer,
         );
+        self.check_loop_budget(&p)?;
         let o_elems = out_shape.numel() as u64;
         let lse_elems = (p.batch * p.heads_q * p.seq_q) as u64;
-        let out32 = self.storage("O f32", (o_elems + lse_elems) * 4)?;
+        let chunk = self.keys_per_dispatch(&p);
+        let chunks: Vec<(usize, usize)> = (0..p.seq_k)
+            .step_by(chunk)
+            .map(|s| (s, (s + chunk).min(p.seq_k)))
+            .collect();
+        // the online softmax state (m, l, flags, acc[Dp]) of each row, between chunks of keys
+        let state_elems = if chunks.len() > 1 {
+            lse_elems * (p.head_dim_padded as u64 + 4)
+        } else {
+            0
+        };
+        let out32 = self.storage("O f32", (o_elems + lse_elems + state_elems) * 4)?;
         let lse_offset = u32_of("O", o_elems)?;
+        let state_offset = u32_of("O", o_elems + lse_elems + state_elems)? - state_elems as u32;
+        let chunk_params = |base: Params, i: usize| Params {
+            kv_start: chunks[i].0 as u32,
+            kv_end: chunks[i].1 as u32,
+            chunk_first: (i == 0) as u32,
+            chunk_last: (i + 1 == chunks.len()) as u32,
+            state_offset,
+            ..base
+        };
         let attn_grid = self.grid([
             (p.seq_q as u64).div_ceil(ROWS_PER_GROUP),
             p.heads_q as u64,
@@ -743,21 +806,23 @@ impl WgpuBackend {
                 ..Self::base_params(&p)
             };
             let k8 = quant.k8_codes.as_ref().unwrap_or(&quant.k_codes);
-            self.dispatch(
-                &mut enc,
-                &self.pipes.attn_quantized,
-                &params,
-                &[
-                    &quant.q_codes,
-                    &quant.k_codes,
-                    k8,
-                    &quant.v_codes,
-                    &quant.aux,
-                    &quant.q32,
-                    &out32,
-                ],
-                attn_grid,
-            );
+            for i in 0..chunks.len() {
+                self.dispatch(
+                    &mut enc,
+                    &self.pipes.attn_quantized,
+                    &chunk_params(params, i),
+                    &[
+                        &quant.q_codes,
+                        &quant.k_codes,
+                        k8,
+                        &quant.v_codes,
+                        &quant.aux,
+                        &quant.q32,
+                        &out32,
+                    ],
+                    attn_grid,
+                );
+            }
             Some(quant)
         } else {
             let flags = self.storage_with("flags", &[0xff; 16])?;
@@ -768,13 +833,15 @@ impl WgpuBackend {
                 off_lse: lse_offset,
                 ..Self::base_params(&p)
             };
-            self.dispatch(
-                &mut enc,
-                &self.pipes.attn_exact,
-                &params,
-                &[&q32, &k32, &v32, &out32],
-                attn_grid,
-            );
+            for i in 0..chunks.len() {
+                self.dispatch(
+                    &mut enc,
+                    &self.pipes.attn_exact,
+                    &chunk_params(params, i),
+                    &[&q32, &k32, &v32, &out32],
+                    attn_grid,
+                );
+            }
             None
         };
         // store: O to the caller's dtype and layout
@@ -813,33 +880,7 @@ impl WgpuBackend {
             return Err(self.launch_error("attention", e.to_string()));
         }
         if let Some(quant) = &quantized {
-            // the same submission converted Q, K, V; only their f32 copies remain to name a value
-            let dp = p.head_dim_padded;
-            let q32 = &quant.q32;
-            self.check_flags(quant, [q32, q32, q32], dp)
-                .or_else(|e| match e {
-                    Error::NonFinite {
-                        tensor,
-                        batch,
-                        head,
-                        token,
-                        ..
-                    } => Err(Error::NonFinite {
-                        tensor,
-                        batch,
-                        head,
-                        token,
-                        value: self.first_non_finite(
-                            tensor,
-                            [qb, kb, vb],
-                            &[q.meta(), k.meta(), v.meta()],
-                            batch,
-                            head,
-                            token,
-                        ),
-                    }),
-                    other => Err(other),
-                })?;
+            self.check_flags(quant, [qb, kb, vb], [q.meta(), k.meta(), v.meta()])?;
         }
         Ok(DeviceOutput {
             out: DeviceTensor::new(
@@ -868,25 +909,18 @@ impl WgpuBackend {
     /// The offending value of a flagged token, read from the caller's own buffer.
     fn first_non_finite(
         &self,
-        tensor: &str,
-        bufs: [&wgpu::Buffer; 3],
-        metas: &[TensorMeta; 3],
+        buffer: &wgpu::Buffer,
+        meta: TensorMeta,
         b: usize,
         h: usize,
         n: usize,
     ) -> f32 {
-        let slot = match tensor {
-            "Q" => 0,
-            "K" => 1,
-            _ => 2,
-        };
-        let meta = metas[slot];
         let s = meta.shape;
         let size = meta.dtype.size_bytes();
         let start = s.index(meta.layout, b, h, n, 0) * size;
         let aligned = start / 4 * 4;
         let len = (start - aligned + s.head_dim * size) as u64;
-        let Ok(bytes) = self.read(bufs[slot], aligned as u64, len) else {
+        let Ok(bytes) = self.read(buffer, aligned as u64, len) else {
             return f32::NAN;
         };
         let row = &bytes[start - aligned..];
@@ -1018,6 +1052,7 @@ impl AttentionBackend for WgpuBackend {
                 feature: "quantize in the exact mode (it has no quantization stage)".into(),
             });
         }
+        self.check_loop_budget(&p)?;
         let (dq, dk, dv) = (self.upload(q)?, self.upload(k)?, self.upload(v)?);
         let bufs = [
             &dq.handle::<GpuTensor>(NAME)?.buffer,
@@ -1042,30 +1077,7 @@ impl AttentionBackend for WgpuBackend {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(self.launch_error("quantize", e.to_string()));
         }
-        if let Err(Error::NonFinite {
-            tensor,
-            batch,
-            head,
-            token,
-            ..
-        }) = self.check_flags(&quant, [&quant.q32; 3], p.head_dim_padded)
-        {
-            let value = self.first_non_finite(
-                tensor,
-                bufs,
-                &[q.meta(), k.meta(), v.meta()],
-                batch,
-                head,
-                token,
-            );
-            return Err(Error::NonFinite {
-                tensor,
-                batch,
-                head,
-                token,
-                value,
-            });
-        }
+        self.check_flags(&quant, bufs, [q.meta(), k.meta(), v.meta()])?;
         let (dp, d) = (p.head_dim_padded, p.head_dim);
         let int4 = p.mode == Mode::Int4Fp8;
         let code_bytes = |n: usize| (n * dp / if int4 { 2 } else { 1 }) as u64;
@@ -1137,7 +1149,12 @@ mod tests {
     fn shaders_validate_with_naga() {
         for (file, source, _) in pipelines::STAGES {
             let module = naga::front::wgsl::parse_str(&pipelines::full_source(source))
-                .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{file}: {}",
+                        e.emit_to_string(&pipelines::full_source(source))
+                    )
+                });
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::all(),

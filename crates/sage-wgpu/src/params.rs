@@ -1,6 +1,6 @@
 //! The uniform block every shader reads (`struct Params` in shaders/common.wgsl), field for field.
 
-/// 44 four-byte fields (176 bytes, a multiple of 16); the order is the WGSL struct's.
+/// 48 four-byte fields (192 bytes, a multiple of 16); the order is the WGSL struct's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Params {
     pub batch: u32,
@@ -46,13 +46,17 @@ pub struct Params {
     pub q_groups: u32,
     pub k_groups: u32,
     pub threads_x: u32,
-    pub pad0: u32,
+    pub state_offset: u32,
+    pub kv_start: u32,
+    pub kv_end: u32,
+    pub chunk_first: u32,
+    pub chunk_last: u32,
 }
 
 impl Params {
     /// Little-endian bytes in WGSL order.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let words: [u32; 44] = [
+    pub fn to_bytes(self) -> Vec<u8> {
+        let words: [u32; 48] = [
             self.batch,
             self.heads_q,
             self.heads_kv,
@@ -96,7 +100,11 @@ impl Params {
             self.q_groups,
             self.k_groups,
             self.threads_x,
-            self.pad0,
+            self.state_offset,
+            self.kv_start,
+            self.kv_end,
+            self.chunk_first,
+            self.chunk_last,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }

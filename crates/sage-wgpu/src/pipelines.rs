@@ -9,7 +9,7 @@ use sage_core::{Error, Result};
 pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 
 /// (file name, source, entry points) of every stage.
-pub const STAGES: [(&str, &str, &[&str]); 7] = [
+pub const STAGES: [(&str, &str, &[&str]); 8] = [
     (
         "convert.wgsl",
         include_str!("../../../shaders/convert.wgsl"),
@@ -23,7 +23,12 @@ pub const STAGES: [(&str, &str, &[&str]); 7] = [
     (
         "quantize.wgsl",
         include_str!("../../../shaders/quantize.wgsl"),
-        &["quantize_qk", "rotate_rows"],
+        &["quantize_qk"],
+    ),
+    (
+        "rotate.wgsl",
+        include_str!("../../../shaders/rotate.wgsl"),
+        &["rotate_rows"],
     ),
     (
         "quantize_v.wgsl",

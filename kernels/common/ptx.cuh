@@ -1,4 +1,7 @@
-// mma.cuh: tensor-core instructions as inline PTX, plus the shared-memory movers that feed them.
+// ptx.cuh: every inline-PTX instruction sage uses, and nothing else. Conversions that NVRTC has no
+// header for (f16, bf16, e4m3), the tensor-core mma shapes, ldmatrix, cp.async, exp2.
+// Keeping them in one file keeps the rest of the kernels plain C++ (and lets a host-side emulator
+// replace exactly this file).
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k*"); lane = 4*g + t, g = groupID
 // (lane / 4), t = threadID_in_group (lane % 4):
@@ -6,17 +9,60 @@
 //                                        c2,c3 = row g+8, cols 2t, 2t+1
 //   A (16 x K, row-major), 4 registers:  a[0] = row g,   k-word t      a[1] = row g+8, k-word t
 //                                        a[2] = row g,   k-word t+4    a[3] = row g+8, k-word t+4
-//   B (K x 8, "col" = stored as 8 rows of K), 2 registers: b[0] = col g, k-word t;  b[1] = col g, k-word t+4
-// where a "k-word" is the 32-bit word of a row's K elements: 4 x s8/e4m3 (m16n8k32), 8 x s4
-// (m16n8k64) or 2 x f16/bf16 (m16n8k16), lowest k in the lowest bits. The three shapes have the
-// same word layout, which is why one loader serves INT8 and INT4 codes.
-#ifndef SAGE_MMA_CUH
-#define SAGE_MMA_CUH
+//   B (K x 8, "col" = stored as 8 rows of K), 2 registers: b0 = col g, k-word t;  b1 = col g, k-word t+4
+// where a "k-word" is a 32-bit word of a row's K elements: 4 x s8/e4m3 (m16n8k32), 8 x s4
+// (m16n8k64) or 2 x f16/bf16 (m16n8k16), the lowest k in the lowest bits. The three shapes share
+// this word layout, which is why one loader serves INT8 and INT4 codes.
+#ifndef SAGE_PTX_CUH
+#define SAGE_PTX_CUH
 
 #ifndef SAGE_AMALGAMATED
 #include "common/prelude.cuh"
 #endif
 
+// ---- conversions -----------------------------------------------------------------------------------
+SAGE_DEVICE float f16_to_f32(u16 bits) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(bits));
+    return r;
+}
+// Round to nearest even, as half::f16::from_f32 does.
+SAGE_DEVICE u16 f32_to_f16(float x) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+SAGE_DEVICE u16 f32_to_bf16(float x) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+// Two f32 to one f16x2 word; `lo` goes to the low half (the lower k index of an mma fragment).
+// cvt ... f16x2 puts its FIRST source in the UPPER half.
+SAGE_DEVICE u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+SAGE_DEVICE u32 pack_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+#if __CUDA_ARCH__ >= 890
+// Four f32 to four E4M3 codes in one word, `a` in the lowest byte (the lowest k of a fragment
+// register). Round to nearest even; satfinite clamps beyond 448 to 448 (the CPU's saturation), NaN
+// stays NaN. cvt ... e4m3x2 puts its FIRST source in the UPPER byte.
+SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
+    u16 lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(b), "f"(a));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
+    return (u32)lo | ((u32)hi << 16);
+}
+#endif
+
+// ---- tensor cores ------------------------------------------------------------------------------------
 // D += A * B, s8 x s8 -> s32, m16n8k32 (sm_80+).
 SAGE_DEVICE void mma_s8(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -60,15 +106,11 @@ SAGE_DEVICE void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Tag-dispatched 16-bit float mma for the exact mode.
-SAGE_DEVICE void mma_16bit(DtF16, float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { mma_f16(d, a, b0, b1); }
-SAGE_DEVICE void mma_16bit(DtBF16, float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { mma_bf16(d, a, b0, b1); }
-
 // ---- shared memory -------------------------------------------------------------------------------
 SAGE_DEVICE u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 // Four 8x8 matrices of 16-byte rows. Lanes 8i..8i+7 give the row addresses of matrix i; lane
-// 4g+t receives in d[i] the 32-bit word t of row g of matrix i. With 16-byte rows cut from tiles
+// 4g+t receives in d[i] the 32-bit word t of row g of matrix i. With 16-byte rows cut from a tile
 // stored row = n (key or channel), column = k, that is exactly a B fragment register (see above).
 SAGE_DEVICE void ldmatrix_x4(u32 (&d)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -103,4 +145,4 @@ SAGE_DEVICE float ex2(float x) {
     return r;
 }
 
-#endif  // SAGE_MMA_CUH
+#endif  // SAGE_PTX_CUH
