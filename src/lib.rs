@@ -80,3 +80,4 @@ pub fn probe_all() -> Vec<BackendStatus> {
         })
         .collect()
 }
+pub mod bench;

@@ -34,6 +34,48 @@ enum Command {
     },
     /// Runs attention on random data or safetensors files and compares with the exact f64 reference.
     Run(Box<RunArgs>),
+    /// Times every mode on resident inputs: a table of TOPS, JSON lines and an SVG plot.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Modes to time, comma-separated (default: every mode the device runs).
+    #[arg(long)]
+    modes: Option<String>,
+    /// Shapes BxHxNxD, comma-separated (default: torch_sdpa.py's set on GPUs, 1x4x1024x64 on the CPU).
+    #[arg(long)]
+    shapes: Option<String>,
+    /// no, yes or both.
+    #[arg(
+        long = "causal-set",
+        value_name = "no|yes|both",
+        default_value = "both"
+    )]
+    causal_set: String,
+    /// Dtype of the inputs.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Untimed calls before timing.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed calls (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write sage's measurements as JSON lines (torch_sdpa.py's schema).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw TOPS against N as an SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Merge these JSON lines (e.g. torch_sdpa.py --json) into the table and the plot.
+    #[arg(long)]
+    baseline: Vec<PathBuf>,
 }
 
 /// Settings shared by the commands that run attention; each overrides the config file and `SAGE_*`.
@@ -296,6 +338,86 @@ fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+const GPU_SHAPES: &str = "8x32x1024x128,8x32x4096x128,2x32x16384x128,8x32x4096x64,2x32x16384x64";
+const CPU_SHAPES: &str = "1x4x1024x64";
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let config = args.settings.layers()?.resolve();
+    let (backend, note) = sage::open(config.backend)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let caps = backend.capabilities();
+    let modes: Vec<sage::Mode> = match &args.modes {
+        Some(list) => list
+            .split(',')
+            .map(|m| m.trim().parse().map_err(|e| Error::param("modes", e)))
+            .collect::<Result<_>>()?,
+        None => caps.modes.clone(),
+    };
+    let default_shapes = if backend.name() == "cpu" {
+        CPU_SHAPES
+    } else {
+        GPU_SHAPES
+    };
+    let causal = match args.causal_set.as_str() {
+        "no" => vec![false],
+        "yes" => vec![true],
+        "both" => vec![false, true],
+        other => {
+            return Err(Error::param(
+                "causal-set",
+                format!("`{other}` is not no, yes or both"),
+            ));
+        }
+    };
+    let plan = sage::bench::BenchPlan {
+        shapes: sage::bench::parse_shapes(args.shapes.as_deref().unwrap_or(default_shapes))?,
+        modes,
+        causal,
+        granularity: config.params.granularity,
+        dtype: args.dtype.parse().map_err(|e| Error::param("dtype", e))?,
+        warmup: args.warmup,
+        iters: args.iters,
+        seed: args.seed,
+    };
+    let total = (plan.shapes.len() * plan.causal.len() * plan.modes.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} on {}", backend.name(), caps.device));
+    let mut records = sage::bench::run(backend.as_ref(), &plan, |label| {
+        bar.inc(1);
+        bar.set_message(label.to_string());
+    })?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.json {
+        sage::bench::write_records(path, &records)?;
+    }
+    for path in &args.baseline {
+        records.extend(sage::bench::read_records(path)?);
+    }
+    println!(
+        "{} ({}), {} inputs, granularity {}, median of {} calls after {} warm-up",
+        caps.device,
+        backend.name(),
+        plan.dtype,
+        plan.granularity,
+        plan.iters,
+        plan.warmup
+    );
+    print!("{}", sage::bench::table(&records));
+    if let Some(path) = &args.plot {
+        sage::bench::plot(&records, path, &format!("sage on {}", caps.device))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
 fn info(json: bool) -> Result<()> {
     let all = sage::probe_all();
     if json {
@@ -334,6 +456,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info { json } => info(*json),
         Command::Run(args) => run(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -120,6 +120,26 @@ pub struct DeviceOutput {
     pub lse: Option<DeviceTensor>,
 }
 
+/// How long one attention call takes, by the device's own clock where it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Timing {
+    /// Median milliseconds of the whole call, quantization included.
+    pub end_to_end_ms: f64,
+    /// Median milliseconds of the attention stage alone, where the backend can time it apart.
+    pub kernel_ms: Option<f64>,
+    /// `cuda-events`, `wgpu-timestamps` or `wall-clock`.
+    pub clock: &'static str,
+}
+
+/// The median of some timings (the upper one of an even count); 0 for none.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 /// Values of V as the PV stage consumes them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuantizedV {
@@ -190,6 +210,35 @@ pub trait AttentionBackend: Send + Sync {
     /// Waits for all queued device work.
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Times `iters` calls on resident tensors after `warmup` untimed ones. This default uses the host
+    /// clock around synchronized calls; GPU backends override it with their device timers.
+    fn time_attention(
+        &self,
+        q: &DeviceTensor,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+        params: &AttentionParams,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<Timing> {
+        for _ in 0..warmup {
+            self.attention_device(q, k, v, params)?;
+        }
+        self.synchronize()?;
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let start = std::time::Instant::now();
+            self.attention_device(q, k, v, params)?;
+            self.synchronize()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(Timing {
+            end_to_end_ms: median(times),
+            kernel_ms: None,
+            clock: "wall-clock",
+        })
     }
 
     /// Host tensors in, host tensors out.

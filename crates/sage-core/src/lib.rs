@@ -14,7 +14,7 @@ pub mod tensor;
 
 pub use backend::{
     AttentionBackend, AttentionOutput, Capabilities, DeviceOutput, DeviceTensor, Problem,
-    QuantizedQkv, QuantizedV, TensorMeta,
+    QuantizedQkv, QuantizedV, TensorMeta, Timing, median,
 };
 pub use config::{AttentionParams, BackendChoice, Config, ConfigLayer, Granularity, Mode};
 pub use cpu::CpuBackend;

@@ -16,7 +16,7 @@ use sage_core::numerics::quant::{Operand, group_shape, scale_groups};
 use sage_core::{
     AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
     Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
-    TensorMeta,
+    TensorMeta, Timing, median,
 };
 use wgpu::util::DeviceExt;
 
@@ -718,12 +718,15 @@ impl WgpuBackend {
         self.upload(&Tensor::from_f32_hnd(values, shape, dtype, layout)?)
     }
 
+    /// One attention call. With `timer`, timestamps 0..4 mark the start, the end of the
+    /// quantization (or conversion) passes, the end of the attention passes and the end of the call.
     fn run_attention(
         &self,
         q: &DeviceTensor,
         k: &DeviceTensor,
         v: &DeviceTensor,
         params: &AttentionParams,
+        timer: Option<&wgpu::QuerySet>,
     ) -> Result<DeviceOutput> {
         self.gpu.check_lost()?;
         let p = self.problem(&q.meta(), &k.meta(), &v.meta(), params)?;
@@ -785,12 +788,19 @@ impl WgpuBackend {
             .device
             .push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        let stamp = |enc: &mut wgpu::CommandEncoder, i: u32| {
+            if let Some(qs) = timer {
+                enc.write_timestamp(qs, i);
+            }
+        };
+        stamp(&mut enc, 0);
         let quantized = if p.mode.is_quantized() {
             let quant = self.encode_quantize(
                 &mut enc,
                 &p,
                 [(qb, q.meta()), (kb, k.meta()), (vb, v.meta())],
             )?;
+            stamp(&mut enc, 1);
             let l = quant.layout;
             let params = Params {
                 off_q_scales: l.q_scales,
@@ -823,12 +833,14 @@ impl WgpuBackend {
                     attn_grid,
                 );
             }
+            stamp(&mut enc, 2);
             Some(quant)
         } else {
             let flags = self.storage_with("flags", &[0xff; 16])?;
             let q32 = self.encode_convert(&mut enc, &p, qb, &q.meta(), &flags, 0, "Q f32")?;
             let k32 = self.encode_convert(&mut enc, &p, kb, &k.meta(), &flags, 1, "K f32")?;
             let v32 = self.encode_convert(&mut enc, &p, vb, &v.meta(), &flags, 2, "V f32")?;
+            stamp(&mut enc, 1);
             let params = Params {
                 off_lse: lse_offset,
                 ..Self::base_params(&p)
@@ -842,6 +854,7 @@ impl WgpuBackend {
                     attn_grid,
                 );
             }
+            stamp(&mut enc, 2);
             None
         };
         // store: O to the caller's dtype and layout
@@ -875,6 +888,7 @@ impl WgpuBackend {
         } else {
             None
         };
+        stamp(&mut enc, 3);
         self.gpu.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(self.launch_error("attention", e.to_string()));
@@ -1030,11 +1044,74 @@ impl AttentionBackend for WgpuBackend {
         v: &DeviceTensor,
         params: &AttentionParams,
     ) -> Result<DeviceOutput> {
-        self.run_attention(q, k, v, params)
+        self.run_attention(q, k, v, params, None)
     }
 
     fn synchronize(&self) -> Result<()> {
         self.poll_wait()
+    }
+
+    fn time_attention(
+        &self,
+        q: &DeviceTensor,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+        params: &AttentionParams,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<Timing> {
+        if !self.gpu.timestamps {
+            // the host clock, as the trait's default does it
+            for _ in 0..warmup {
+                self.run_attention(q, k, v, params, None)?;
+            }
+            self.poll_wait()?;
+            let mut times = Vec::new();
+            for _ in 0..iters.max(1) {
+                let start = std::time::Instant::now();
+                self.run_attention(q, k, v, params, None)?;
+                self.poll_wait()?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            return Ok(Timing {
+                end_to_end_ms: median(times),
+                kernel_ms: None,
+                clock: "wall-clock",
+            });
+        }
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("attention timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 4,
+        });
+        let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 32,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let period_ms = f64::from(self.gpu.queue.get_timestamp_period()) * 1e-6;
+        let (mut total, mut kernel) = (Vec::new(), Vec::new());
+        for i in 0..warmup + iters.max(1) {
+            self.run_attention(q, k, v, params, Some(&queries))?;
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            enc.resolve_query_set(&queries, 0..4, &resolved, 0);
+            self.gpu.queue.submit([enc.finish()]);
+            let bytes = self.read(&resolved, 0, 32)?;
+            let t: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            if i >= warmup {
+                total.push(t[3].saturating_sub(t[0]) as f64 * period_ms);
+                kernel.push(t[2].saturating_sub(t[1]) as f64 * period_ms);
+            }
+        }
+        Ok(Timing {
+            end_to_end_ms: median(total),
+            kernel_ms: Some(median(kernel)),
+            clock: "wgpu-timestamps",
+        })
     }
 
     fn quantize(
