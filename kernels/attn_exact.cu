@@ -3,7 +3,8 @@
 // (f32) keys, f32 accumulation. NaN/Inf in the inputs propagate (no checks).
 //
 // - f16 / bf16 inputs: m16n8k16 mma in the input type with f32 accumulators, for Q K^T and for P V,
-//   P rounded to the input type (the row sum l is of the unrounded p). Same CTA shape and pipeline
+//   P rounded to the input type (the row sum l is of the unrounded p); for bf16, P V is computed as
+//   P_hi V + P_lo V with P_hi = bf16(p), P_lo = bf16(p - P_hi) (dtype.cuh, SPLIT_P). Same CTA shape and pipeline
 //   as attn_mma.cu: 4 warps x 16 query rows, K_{j+1} and V_j copied while the other is used.
 // - f32 inputs: a plain CUDA-core kernel, all f32: 4 warps x 4 query rows; lane l computes the score
 //   of key l of a 32-key tile, then accumulates channels l, l+32, l+64, l+96 of P V.
@@ -154,13 +155,20 @@ SAGE_DEVICE void attn_exact_mma(const u16* __restrict__ q, i64 q_sb, i64 q_sh, i
         sm.update(s, alpha);
 
         // P rounded to the input type, as the A operand (accumulator layout == A layout for k16).
-        u32 pf[4][4];
+        // bf16: plus the residual p - bf16(p), also in bf16 (dtype.cuh, SPLIT_P).
+        u32 pf[4][4], pr[4][4];
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-            pf[ks][0] = DT::pack2(s[2 * ks][0], s[2 * ks][1]);
-            pf[ks][1] = DT::pack2(s[2 * ks][2], s[2 * ks][3]);
-            pf[ks][2] = DT::pack2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-            pf[ks][3] = DT::pack2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int nt = 2 * ks + (i >> 1), e = 2 * (i & 1);
+                pf[ks][i] = DT::pack2(s[nt][e], s[nt][e + 1]);
+                if constexpr (DT::SPLIT_P) {
+                    // the two rounded values back as f32 (bf16 = upper half of an f32); p - them is exact
+                    const float r0 = __uint_as_float(pf[ks][i] << 16), r1 = __uint_as_float(pf[ks][i] & 0xffff0000u);
+                    pr[ks][i] = DT::pack2(s[nt][e] - r0, s[nt][e + 1] - r1);
+                }
+            }
         }
         cp_async_wait_all();
         __syncthreads();  // V_j resident; every warp done with K_j
@@ -187,6 +195,10 @@ SAGE_DEVICE void attn_exact_mma(const u16* __restrict__ q, i64 q_sb, i64 q_sh, i
                 ldmatrix_x4_trans(vb, s_v_base + (key * ROWW + chunk * 4) * 4);
                 mma_16bit(DT(), o[2 * cp], pf[ks], vb[0], vb[1]);
                 mma_16bit(DT(), o[2 * cp + 1], pf[ks], vb[2], vb[3]);
+                if constexpr (DT::SPLIT_P) {
+                    mma_16bit(DT(), o[2 * cp], pr[ks], vb[0], vb[1]);
+                    mma_16bit(DT(), o[2 * cp + 1], pr[ks], vb[2], vb[3]);
+                }
             }
         }
     }

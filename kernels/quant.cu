@@ -124,95 +124,74 @@ SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f :
 // canonical [Nk, Dp] codes): slot p holds key 2*(p/4) + (p%2) + 8*((p%4)/2).
 SAGE_DEVICE int v8_slot(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8); }
 
-// ---- channel_stats: partial sums / max / min of 128-token chunks (Steps 1 and 7) ----------------
+// ---- channel_stats: km, vm and the FP8 V scales sv (Steps 1 and 7) ------------------------------
 //
-// Deterministic two-level reduction: each lane sums its 16 rows in order, then the 8 warps are
-// added in order; channel_stats_finalize adds the chunks in order. (The CPU sums all tokens in
-// sequence; the means differ from it at the rounding level only.)
-template <class DT>
-SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                               float* part_sum, float* part_max, float* part_min) {
-    __shared__ float s_sum[QUANT_WARPS][MAX_DP];
-    __shared__ float s_max[QUANT_WARPS][MAX_DP];
-    __shared__ float s_min[QUANT_WARPS][MAX_DP];
-    const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int chunks = ceil_div(N, QUANT_TOKENS);
-    const i64 head = (i64)b * H + h;
-    const typename DT::T* base = x + (i64)b * sb + (i64)h * sh;
+// mean[c] = (x[0][c] + x[1][c] + ... + x[N-1][c]) / N, summed in f32 in token order, exactly the
+// CPU's channel_mean: the means are bit-identical, and so is everything computed from them. (A
+// tree sum would be more accurate but differ from the CPU by its rounding error, which moves the K
+// scales by several ulp on data with large channel means.) A sequential sum is a dependent chain
+// of N additions per channel; it is kept fed by the other warps of the CTA:
+//   CTA = one (b, h) and 32 channels c0..c0+31. Warp 0 lane l owns channel c0 + l and adds up
+//   chunk i of STATS_CHUNK tokens from shared memory while warps 1-3 load chunk i+1 into the other
+//   buffer; one barrier per chunk.
+// With `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where amax = max_n |V'[n,c]|; for
+// V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction is monotonic, so the
+// largest |fl(v - vm)| is reached at vmax or at vmin.
+#define STATS_THREADS 128
+#define STATS_CHUNK 128
+#define STATS_LOADERS (STATS_THREADS - 32)
 
-    float sum[4], mx[4], mn[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        sum[e] = 0.0f;
-        mx[e] = neg_inf();
-        mn[e] = pos_inf();
-    }
-#pragma unroll 4
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int n = chunk * QUANT_TOKENS + warp * ROWS_PER_WARP + r;
-        if (n < N) {
-            float v[4];
-            load_row<DT>(base + (i64)n * sn, true, D, lane, v);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                sum[e] += v[e];
-                mx[e] = fmaxf(mx[e], v[e]);
-                mn[e] = fminf(mn[e], v[e]);
-            }
-        }
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const int c = lane + 32 * e;
-        s_sum[warp][c] = sum[e];
-        s_max[warp][c] = mx[e];
-        s_min[warp][c] = mn[e];
-    }
-    __syncthreads();
-    const int c = threadIdx.x;
-    if (c < Dp) {
-        float t = 0.0f, M = neg_inf(), m = pos_inf();
-#pragma unroll
-        for (int w = 0; w < QUANT_WARPS; ++w) {
-            t += s_sum[w][c];
-            M = fmaxf(M, s_max[w][c]);
-            m = fminf(m, s_min[w][c]);
-        }
-        if (c >= D) t = M = m = 0.0f;
-        const i64 i = (head * chunks + chunk) * Dp + c;
-        part_sum[i] = t;
-        part_max[i] = M;
-        part_min[i] = m;
+template <class DT>
+SAGE_DEVICE void stats_load_chunk(float (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N, int c0, int D) {
+    const int li = threadIdx.x - 32;  // loader index, warps 1-3
+    for (int i = li; i < STATS_CHUNK * 32; i += STATS_LOADERS) {
+        const int r = i / 32, cl = i % 32;  // a warp reads 32 consecutive channels of one token
+        const int n = n0 + r, c = c0 + cl;
+        buf[r][cl] = (n < N && c < D) ? DT::load(base[(i64)n * sn + c]) : 0.0f;
     }
 }
 
-// ---- channel_stats_finalize: km / vm and the FP8 V scales sv (Steps 1 and 7) ------------------
-//
-// mean[c] = (sum of all tokens) / N (zero for c >= D). With `vscale_out`: sv[c] = amax / 448
-// (1 when amax == 0) where amax = max_n |V'[n,c]|. For V' = V - vm that is max(vmax - vm, vm - vmin)
-// EXACTLY: f32 subtraction is monotonic, so the largest |fl(v - vm)| is reached at vmax or vmin.
-SAGE_DEVICE void channel_stats_finalize_impl(const float* part_sum, const float* part_max, const float* part_min,
-                                             int H, int N, int D, int Dp, int smooth, float* mean_out,
-                                             float* vscale_out) {
-    const int c = threadIdx.x, h = blockIdx.x, b = blockIdx.y;
-    if (c >= Dp) return;
-    const int chunks = ceil_div(N, QUANT_TOKENS);
+template <class DT>
+SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
+                               int smooth, float* mean_out, float* vscale_out) {
+    __shared__ float s_buf[2][STATS_CHUNK][32];
+    const int c0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const i64 head = (i64)b * H + h;
-    float mean = 0.0f, amax = 0.0f;
-    if (c < D) {
-        float s = 0.0f, M = neg_inf(), m = pos_inf();
-        for (int j = 0; j < chunks; ++j) {
-            const i64 i = (head * chunks + j) * Dp + c;
-            s += part_sum[i];
-            M = fmaxf(M, part_max[i]);
-            m = fminf(m, part_min[i]);
+    const typename DT::T* base = x + (i64)b * sb + (i64)h * sh;
+    const int chunks = ceil_div(N, STATS_CHUNK);
+
+    float sum = 0.0f, mx = neg_inf(), mn = pos_inf();
+    if (warp != 0) stats_load_chunk<DT>(s_buf[0], base, sn, 0, N, c0, D);
+    __syncthreads();
+    for (int i = 0; i < chunks; ++i) {
+        if (warp != 0) {
+            if (i + 1 < chunks) stats_load_chunk<DT>(s_buf[(i + 1) & 1], base, sn, (i + 1) * STATS_CHUNK, N, c0, D);
+        } else {
+            const int rows = min(STATS_CHUNK, N - i * STATS_CHUNK);
+            const float(*buf)[32] = s_buf[i & 1];
+#pragma unroll 8
+            for (int r = 0; r < rows; ++r) {
+                const float v = buf[r][lane];
+                sum = sum + v;  // the CPU's order: ((0 + x0) + x1) + ...
+                mx = fmaxf(mx, v);
+                mn = fminf(mn, v);
+            }
         }
-        mean = __fdiv_rn(s, (float)N);
-        amax = smooth ? fmaxf(M - mean, mean - m) : fmaxf(M, -m);
+        __syncthreads();
     }
-    if (mean_out != nullptr) mean_out[head * Dp + c] = smooth ? mean : 0.0f;
-    if (vscale_out != nullptr) vscale_out[head * Dp + c] = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+    if (warp == 0) {
+        const int c = c0 + lane;
+        if (c < Dp) {
+            float mean = 0.0f, amax = 0.0f;
+            if (c < D) {
+                mean = __fdiv_rn(sum, (float)N);
+                amax = smooth ? fmaxf(mx - mean, mean - mn) : fmaxf(mx, -mn);
+            }
+            if (mean_out != nullptr) mean_out[head * Dp + c] = smooth ? mean : 0.0f;
+            if (vscale_out != nullptr) vscale_out[head * Dp + c] = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+        }
+    }
 }
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
@@ -288,7 +267,7 @@ template <class DT>
 SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp, int Hkv,
                             const float* km, float* qkm, int smooth_q, float* qm_out, int gran, int qmax,
                             int rotate, u8* codes, float* scales, int* nonfinite) {
-    __shared__ float s_col[QUANT_WARPS][MAX_DP];
+    __shared__ float s_carry[MAX_DP];
     __shared__ float s_mean[MAX_DP];
     __shared__ float s_rowmax[QUANT_TOKENS];
     __shared__ float s_ginv[32];
@@ -321,22 +300,27 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     }
 
     if (smooth_q) {
-        // qm = mean of this tile's rows: the tile IS one smooth_q block (QUANT_TOKENS == Q_SMOOTH_BLOCK).
+        // qm = mean of this tile's rows (the tile IS one smooth_q block: QUANT_TOKENS ==
+        // Q_SMOOTH_BLOCK), summed in row order as the CPU's channel_mean does: warp w continues the
+        // running sums of warp w-1, eight short serial steps, so qm is bit-identical to the CPU's.
+        for (int w = 0; w < QUANT_WARPS; ++w) {
+            if (warp == w) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float s = 0.0f;
+                for (int e = 0; e < 4; ++e) {
+                    const int c = lane + 32 * e;
+                    float s = w == 0 ? 0.0f : s_carry[c];
 #pragma unroll
-            for (int r = 0; r < ROWS_PER_WARP; ++r) s += x[r][e];  // padding rows are 0
-            s_col[warp][lane + 32 * e] = s;
+                    for (int r = 0; r < ROWS_PER_WARP; ++r)
+                        if (t0 + w * ROWS_PER_WARP + r < N) s = s + x[r][e];
+                    s_carry[c] = s;
+                }
+            }
+            __syncthreads();
         }
-        __syncthreads();
         if ((int)threadIdx.x < Dp) {
             const int c = threadIdx.x;
-            float t = 0.0f;
-#pragma unroll
-            for (int w = 0; w < QUANT_WARPS; ++w) t += s_col[w][c];
             const int count = min(QUANT_TOKENS, N - t0);
-            s_mean[c] = c < D ? __fdiv_rn(t, (float)count) : 0.0f;
+            s_mean[c] = c < D ? __fdiv_rn(s_carry[c], (float)count) : 0.0f;
         }
         __syncthreads();
         float mv[4];
@@ -472,14 +456,14 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// One set per input dtype; parameter lists in ABI.md. All: grid (ceil(N/128), H, B), 256 threads,
-// except channel_stats_finalize: grid (H, B), 128 threads.
+// One set per input dtype; parameter lists in ABI.md. quantize_*: grid (ceil(N/128), H, B), 256
+// threads; channel_stats_*: grid (Dp/32, H, B), 128 threads.
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
-    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
         channel_stats_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
-                               int D, int Dp, float* part_sum, float* part_max, float* part_min) {        \
-        channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, part_sum, part_max, part_min);   \
+                               int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
+        channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out);    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
@@ -510,9 +494,3 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
 SAGE_QUANT_ENTRIES(f16, DtF16)
 SAGE_QUANT_ENTRIES(bf16, DtBF16)
 SAGE_QUANT_ENTRIES(f32, DtF32)
-
-extern "C" __global__ void __launch_bounds__(128)
-    channel_stats_finalize(const float* part_sum, const float* part_max, const float* part_min, int H, int N,
-                           int D, int Dp, int smooth, float* mean_out, float* vscale_out) {
-    channel_stats_finalize_impl(part_sum, part_max, part_min, H, N, D, Dp, smooth, mean_out, vscale_out);
-}

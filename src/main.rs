@@ -36,6 +36,15 @@ enum Command {
     Run(Box<RunArgs>),
     /// Times every mode on resident inputs: a table of TOPS, JSON lines and an SVG plot.
     Bench(Box<BenchArgs>),
+    /// Compiles every CUDA kernel with NVRTC for an architecture (no GPU needed).
+    Kernels {
+        /// sm_80, sm_86, sm_89 or sm_90a (repeatable).
+        #[arg(long, required = true)]
+        arch: Vec<String>,
+        /// Write each CUBIN here (to ship, or to pre-warm the cache).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -418,6 +427,56 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `sage kernels`: one line per (architecture, kernel file), `ok` and its size or the compiler's log.
+fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
+    let known = ["sm_80", "sm_86", "sm_89", "sm_90a"];
+    let (major, minor) = sage_cuda::nvrtc::nvrtc_version()?;
+    println!("NVRTC {major}.{minor}");
+    let mut failed = 0;
+    for arch in archs {
+        if !known.contains(&arch.as_str()) {
+            return Err(Error::param(
+                "arch",
+                format!("`{arch}` is not one of {known:?}"),
+            ));
+        }
+        for module in sage_cuda::Module::ALL {
+            let start = Instant::now();
+            match sage_cuda::nvrtc::compile(module, arch) {
+                Ok(cubin) => {
+                    println!(
+                        "ok   {arch:<7} {:<14} {:>8} bytes  {:.1} s",
+                        module.file(),
+                        cubin.len(),
+                        start.elapsed().as_secs_f64()
+                    );
+                    if let Some(dir) = out {
+                        let io = |e: std::io::Error| Error::Io {
+                            path: dir.display().to_string(),
+                            reason: e.to_string(),
+                        };
+                        std::fs::create_dir_all(dir).map_err(io)?;
+                        let name =
+                            format!("{}.{arch}.cubin", module.file().trim_end_matches(".cu"));
+                        std::fs::write(dir.join(name), &cubin).map_err(io)?;
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL {arch:<7} {:<14} {e}", module.file());
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Compile {
+            kernel: format!("{failed} kernel file(s)"),
+            log: "see above".into(),
+        });
+    }
+    Ok(())
+}
+
 fn info(json: bool) -> Result<()> {
     let all = sage::probe_all();
     if json {
@@ -457,6 +516,7 @@ fn main() -> ExitCode {
         Command::Info { json } => info(*json),
         Command::Run(args) => run(args),
         Command::Bench(args) => bench(args),
+        Command::Kernels { arch, out } => kernels(arch, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

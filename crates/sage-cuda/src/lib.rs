@@ -1,26 +1,781 @@
-//! sage-cuda: the tensor-core backend (INT4/INT8 `mma.sync`, FP8 PV), kernels compiled by NVRTC.
+//! sage-cuda: the tensor-core backend. Q·Kᵀ on INT8 (`mma.m16n8k32.s8`) or INT4 (`m16n8k64.s4`)
+//! codes, P·V in FP8 E4M3 (`m16n8k32.e4m3`, sm_89+) or f16, kernels in `kernels/` compiled by NVRTC
+//! for the device's architecture at first use and cached on disk. The launch contract is
+//! `kernels/ABI.md`.
 //!
-//! This build has no CUDA backend yet: [`CudaBackend::new`] reports it unavailable, with the reason,
-//! so that backend selection and `sage info` treat it like a machine without a GPU.
+//! Without a CUDA driver or NVRTC, [`CudaBackend::new`] returns [`Error::Unavailable`] with the
+//! reason: cudarc would panic on a missing library, so both are probed first.
 
-use sage_core::{
-    AttentionBackend, AttentionParams, Capabilities, DeviceOutput, DeviceTensor, Error,
-    QuantizedQkv, Result, Tensor,
+pub mod nvrtc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PushKernelArg, sys,
 };
+use half::f16;
+use sage_core::numerics::quant::{Operand, scale_groups};
+use sage_core::numerics::{MAX_HEAD_DIM, PADDED_HEAD_DIMS, Q_SMOOTH_BLOCK};
+use sage_core::{
+    AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
+    Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
+    TensorMeta, Timing, median,
+};
+
+pub use nvrtc::{Module, arch_for};
 
 pub const NAME: &str = "cuda";
 
-/// The cuda backend. In this build it has no values: [`CudaBackend::new`] always says why.
-#[derive(Debug)]
-pub enum CudaBackend {}
+/// Tokens per quantization tile (kernels/ABI.md, "Derived sizes").
+const QT: usize = 128;
+/// Query rows per attention block.
+const ATTN_ROWS: usize = 64;
+/// Query rows per block of the f32 exact kernel.
+const EXACT_F32_ROWS: usize = 16;
+/// `nonfinite` flags start here: no offending token.
+const NO_TOKEN: u32 = 0x7fff_ffff;
+
+/// A device tensor's storage: its raw bytes in its own dtype.
+struct GpuTensor {
+    buf: CudaSlice<u8>,
+}
+
+/// One kernel argument, stored in an 8-byte slot (i32 and f32 read the low half, little-endian).
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl Arg {
+    fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+const NULL: Arg = Arg::Ptr(0);
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    cc: (i32, i32),
+    device: String,
+    modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Fill outputs with NaN before each run, so an element no kernel writes fails the checks
+    /// (`SAGE_CUDA_POISON=1`; always on in debug builds).
+    poison: bool,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.device)
+            .field("arch", &self.arch)
+            .finish()
+    }
+}
+
+fn driver_error(what: &str, e: DriverError) -> Error {
+    if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+        return Error::OutOfMemory {
+            backend: NAME,
+            requested: 0,
+        };
+    }
+    Error::Launch {
+        backend: NAME,
+        kernel: what.to_string(),
+        reason: format!("{e:?}"),
+    }
+}
+
+fn dtype_suffix(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+    }
+}
+
+/// Element strides (batch, head, token) of a tensor in its layout.
+fn strides(meta: &TensorMeta) -> [Arg; 3] {
+    let s = meta.shape;
+    let (h, n, d) = (s.heads as i64, s.seq as i64, s.head_dim as i64);
+    match meta.layout {
+        Layout::Hnd => [Arg::I64(h * n * d), Arg::I64(n * d), Arg::I64(d)],
+        Layout::Nhd => [Arg::I64(n * h * d), Arg::I64(d), Arg::I64(h * d)],
+    }
+}
+
+fn granularity_code(g: Granularity) -> i32 {
+    match g {
+        Granularity::PerBlock => 0,
+        Granularity::PerWarp => 1,
+        Granularity::PerThread => 2,
+    }
+}
+
+/// The modes a compute capability runs (FP8 mma needs sm_89).
+fn modes_for(cc: (i32, i32)) -> Vec<Mode> {
+    if cc >= (8, 9) {
+        Mode::CONCRETE.to_vec()
+    } else {
+        vec![Mode::Int8Fp16, Mode::Exact]
+    }
+}
+
+/// Buffers of one quantized call (kernels/ABI.md, "Buffers of a quantized-mode call").
+struct QuantBuffers {
+    km: CudaSlice<u8>,
+    vm: Option<CudaSlice<u8>>,
+    sv: Option<CudaSlice<u8>>,
+    q_codes: CudaSlice<u8>,
+    q_scales: CudaSlice<u8>,
+    k_codes: CudaSlice<u8>,
+    k_scales: CudaSlice<u8>,
+    k8: Option<(CudaSlice<u8>, CudaSlice<u8>)>,
+    qm: Option<CudaSlice<u8>>,
+    qkm: Option<CudaSlice<u8>>,
+    vt: CudaSlice<u8>,
+    nonfinite: CudaSlice<u8>,
+    groups_q: usize,
+    groups_k: usize,
+    nk_pad: usize,
+    nq_pad: usize,
+}
+
+/// Timing events of one call: start, attention start, end.
+struct Marks {
+    start: cudarc::driver::CudaEvent,
+    attn: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+}
 
 impl CudaBackend {
-    /// Opens the backend, or says why it cannot.
+    /// Opens CUDA device `SAGE_CUDA_DEVICE` (default 0), or says why it cannot.
     pub fn new() -> Result<Self> {
-        Err(Error::Unavailable {
+        let unavailable = |reason: String| Error::Unavailable {
             backend: NAME,
-            reason: "this build of sage has no CUDA kernels yet".into(),
+            reason,
+        };
+        // SAFETY: only probes whether libcuda can be opened (cudarc panics later if it cannot).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(unavailable(
+                "no CUDA driver (libcuda) on this machine".into(),
+            ));
+        }
+        nvrtc::ensure_nvrtc()?;
+        let ordinal = match std::env::var("SAGE_CUDA_DEVICE") {
+            Ok(v) => v
+                .parse::<usize>()
+                .map_err(|_| unavailable(format!("SAGE_CUDA_DEVICE={v} is not a device number")))?,
+            Err(_) => 0,
+        };
+        let count = CudaContext::device_count()
+            .map_err(|e| unavailable(format!("the driver found no device: {e:?}")))?;
+        if count <= 0 || ordinal >= count as usize {
+            return Err(unavailable(format!(
+                "no CUDA device {ordinal} ({count} found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("cannot open device {ordinal}: {e:?}")))?;
+        // One stream orders everything; cudarc's per-buffer event tracking would only add overhead.
+        // SAFETY: no buffer exists yet, and every buffer of this backend lives on `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        if cc < (8, 0) {
+            return Err(unavailable(format!(
+                "compute capability {}.{} (the kernels need sm_80 or newer)",
+                cc.0, cc.1
+            )));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(CudaBackend {
+            arch: arch_for(cc.0, cc.1),
+            device: format!("{name} (sm_{}{})", cc.0, cc.1),
+            cc,
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            poison: cfg!(debug_assertions)
+                || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
         })
+    }
+
+    /// The architecture kernels are built for (`sm_90a` on Hopper).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn function(&self, module: Module, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+        {
+            return Ok(f);
+        }
+        let m = {
+            let mut modules = self.modules.lock().map_err(|_| self.poisoned_lock())?;
+            match modules.get(&module) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = nvrtc::cubin(module, &self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                        .map_err(|e| driver_error(module.file(), e))?;
+                    modules.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        let f = m.load_function(name).map_err(|e| {
+            if e.0 == sys::cudaError_enum::CUDA_ERROR_NOT_FOUND {
+                Error::Unsupported {
+                    backend: NAME,
+                    feature: format!("kernel {name} on {}", self.arch),
+                }
+            } else {
+                driver_error(name, e)
+            }
+        })?;
+        if let Ok(mut map) = self.functions.lock() {
+            map.insert(name.to_string(), f.clone());
+        }
+        Ok(f)
+    }
+
+    fn poisoned_lock(&self) -> Error {
+        Error::Launch {
+            backend: NAME,
+            kernel: "module cache".into(),
+            reason: "a thread panicked while loading a module".into(),
+        }
+    }
+
+    fn launch(
+        &self,
+        module: Module,
+        name: &str,
+        grid: [usize; 3],
+        block: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
+            return Ok(());
+        }
+        if grid[0] > i32::MAX as usize || grid[1] > 65_535 || grid[2] > 65_535 {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: format!("a grid of {grid:?} blocks for {name}"),
+            });
+        }
+        let f = self.function(module, name)?;
+        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        let mut builder = self.stream.launch_builder(&f);
+        for s in &slots {
+            builder.arg(s);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid[0] as u32, grid[1] as u32, grid[2] as u32),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list follows kernels/ABI.md for `name` (pointers to live buffers of
+        // the sizes it states, scalars in their C types); launch errors are checked below.
+        unsafe { builder.launch(cfg) }.map_err(|e| driver_error(name, e))?;
+        Ok(())
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: every buffer allocated here is fully written by a kernel or a memset before use.
+        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.map_err(|e| {
+            match driver_error("alloc", e) {
+                Error::OutOfMemory { .. } => Error::OutOfMemory {
+                    backend: NAME,
+                    requested: bytes as u64,
+                },
+                other => other,
+            }
+        })
+    }
+
+    fn ptr(&self, s: &CudaSlice<u8>) -> Arg {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        Arg::Ptr(p)
+    }
+
+    fn memset32(&self, s: &CudaSlice<u8>, value: u32, count: usize) -> Result<()> {
+        let Arg::Ptr(p) = self.ptr(s) else {
+            unreachable!()
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("memset", e))?;
+        // SAFETY: `count` 4-byte words fit in `s` (callers size it so), on this backend's stream.
+        unsafe { sys::cuMemsetD32Async(p, value, count, self.stream.cu_stream()) }
+            .result()
+            .map_err(|e| driver_error("memset", e))
+    }
+
+    fn read(&self, s: &CudaSlice<u8>, bytes: usize) -> Result<Vec<u8>> {
+        let mut host = self
+            .stream
+            .clone_dtoh(s)
+            .map_err(|e| driver_error("download", e))?;
+        host.truncate(bytes);
+        Ok(host)
+    }
+
+    fn check_size(meta: &TensorMeta) -> Result<()> {
+        let s = meta.shape;
+        if s.batch * s.heads * s.seq >= i32::MAX as usize || s.numel() >= i64::MAX as usize / 4 {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: format!(
+                    "a tensor of {} tokens (at most 2^31 per call: split the batch)",
+                    s.batch * s.heads * s.seq
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn problem(
+        &self,
+        q: &TensorMeta,
+        k: &TensorMeta,
+        v: &TensorMeta,
+        params: &AttentionParams,
+    ) -> Result<Problem> {
+        let p = Problem::new(q, k, v, params, &self.capabilities())?;
+        for m in [q, k, v] {
+            Self::check_size(m)?;
+        }
+        Ok(p)
+    }
+
+    /// Steps 1-8 of kernels/ABI.md's launch order: the quantization stage.
+    fn quantize_stage(
+        &self,
+        p: &Problem,
+        inputs: [(&CudaSlice<u8>, TensorMeta); 3],
+    ) -> Result<QuantBuffers> {
+        let (b, hq, hk, nq, nk) = (p.batch, p.heads_q, p.heads_kv, p.seq_q, p.seq_k);
+        let (d, dp) = (p.head_dim, p.head_dim_padded);
+        let dt = dtype_suffix(p.dtype);
+        let fp8 = p.mode.is_fp8_pv();
+        let int4 = p.mode == Mode::Int4Fp8;
+        let qmax = p.mode.qk_qmax().unwrap_or(127);
+        let code_bytes = if int4 { dp / 2 } else { dp };
+        let (chunks_k, nk_pad, nq_pad) =
+            (nk.div_ceil(QT), nk.div_ceil(QT) * QT, nq.div_ceil(QT) * QT);
+        let groups_q = scale_groups(p.granularity, Operand::Q, nq);
+        let groups_k = scale_groups(p.granularity, Operand::K, nk);
+        let gran = Arg::I32(granularity_code(p.granularity));
+        let f32s = |n: usize| self.alloc(n * 4);
+        let part = [
+            f32s(b * hk * chunks_k * dp)?,
+            f32s(b * hk * chunks_k * dp)?,
+            f32s(b * hk * chunks_k * dp)?,
+        ];
+        let bufs = QuantBuffers {
+            km: f32s(b * hk * dp)?,
+            vm: if p.smooth_v {
+                Some(f32s(b * hk * dp)?)
+            } else {
+                None
+            },
+            sv: if fp8 { Some(f32s(b * hk * dp)?) } else { None },
+            q_codes: self.alloc(b * hq * nq_pad * code_bytes)?,
+            q_scales: f32s(b * hq * groups_q)?,
+            k_codes: self.alloc(b * hk * nk_pad * code_bytes)?,
+            k_scales: f32s(b * hk * groups_k)?,
+            k8: if int4 && p.smooth_q {
+                Some((self.alloc(b * hk * nk_pad * dp)?, f32s(b * hk * groups_k)?))
+            } else {
+                None
+            },
+            qm: if p.smooth_q {
+                Some(f32s(b * hq * nq.div_ceil(Q_SMOOTH_BLOCK) * dp)?)
+            } else {
+                None
+            },
+            qkm: if p.return_lse {
+                Some(f32s(b * hq * nq)?)
+            } else {
+                None
+            },
+            vt: self.alloc(b * hk * dp * nk_pad * if fp8 { 1 } else { 2 })?,
+            nonfinite: self.alloc(12)?,
+            groups_q,
+            groups_k,
+            nk_pad,
+            nq_pad,
+        };
+        let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+        let flag = |i: u64| match self.ptr(&bufs.nonfinite) {
+            Arg::Ptr(p) => Arg::Ptr(p + 4 * i),
+            other => other,
+        };
+        self.memset32(&bufs.nonfinite, NO_TOKEN, 3)?;
+        let [q, k, v] = inputs;
+        let (qs, ks, vs) = (strides(&q.1), strides(&k.1), strides(&v.1));
+        let dims = |h: usize, n: usize| {
+            [
+                Arg::I32(h as i32),
+                Arg::I32(n as i32),
+                Arg::I32(d as i32),
+                Arg::I32(dp as i32),
+            ]
+        };
+        let parts = [self.ptr(&part[0]), self.ptr(&part[1]), self.ptr(&part[2])];
+        // Step 1: km (and, for V, vm and the per-channel FP8 scales)
+        let stats = |x: &CudaSlice<u8>, s: [Arg; 3]| -> Result<()> {
+            let mut args = vec![self.ptr(x), s[0], s[1], s[2]];
+            args.extend(dims(hk, nk));
+            args.extend(parts);
+            self.launch(
+                Module::Quant,
+                &format!("channel_stats_{dt}"),
+                [chunks_k, hk, b],
+                256,
+                &args,
+            )
+        };
+        let finalize = |smooth: bool, mean: Arg, vscale: Arg| -> Result<()> {
+            let mut args = parts.to_vec();
+            args.extend(dims(hk, nk));
+            args.extend([Arg::I32(smooth as i32), mean, vscale]);
+            self.launch(
+                Module::Quant,
+                "channel_stats_finalize",
+                [hk, b, 1],
+                128,
+                &args,
+            )
+        };
+        stats(k.0, ks)?;
+        finalize(true, self.ptr(&bufs.km), NULL)?;
+        if fp8 || p.smooth_v {
+            stats(v.0, vs)?;
+            finalize(p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
+        }
+        // Step 3 for K (with the INT8 copy for dS in INT4 mode), then Steps 2-3 for Q
+        let (k8c, k8s) = match &bufs.k8 {
+            Some((c, s)) => (self.ptr(c), self.ptr(s)),
+            None => (NULL, NULL),
+        };
+        let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
+        args.extend(dims(hk, nk));
+        args.extend([
+            self.ptr(&bufs.km),
+            gran,
+            Arg::I32(qmax),
+            Arg::I32(p.rotate as i32),
+        ]);
+        args.extend([
+            self.ptr(&bufs.k_codes),
+            self.ptr(&bufs.k_scales),
+            k8c,
+            k8s,
+            flag(1),
+        ]);
+        self.launch(
+            Module::Quant,
+            &format!("quantize_k_{dt}"),
+            [nk.div_ceil(QT), hk, b],
+            256,
+            &args,
+        )?;
+        let mut args = vec![self.ptr(q.0), qs[0], qs[1], qs[2]];
+        args.extend(dims(hq, nq));
+        args.extend([
+            Arg::I32(hk as i32),
+            self.ptr(&bufs.km),
+            opt(&bufs.qkm),
+            Arg::I32(p.smooth_q as i32),
+            opt(&bufs.qm),
+        ]);
+        args.extend([
+            gran,
+            Arg::I32(qmax),
+            Arg::I32(p.rotate as i32),
+            self.ptr(&bufs.q_codes),
+            self.ptr(&bufs.q_scales),
+            flag(0),
+        ]);
+        self.launch(
+            Module::Quant,
+            &format!("quantize_q_{dt}"),
+            [nq.div_ceil(QT), hq, b],
+            256,
+            &args,
+        )?;
+        // Step 7: V
+        let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
+        args.extend(dims(hk, nk));
+        args.push(opt(&bufs.vm));
+        if fp8 {
+            args.push(opt(&bufs.sv));
+        }
+        args.extend([self.ptr(&bufs.vt), flag(2)]);
+        let name = if fp8 {
+            format!("quantize_v_e4m3_{dt}")
+        } else {
+            format!("quantize_v_f16_{dt}")
+        };
+        self.launch(Module::Quant, &name, [nk.div_ceil(QT), hk, b], 256, &args)?;
+        Ok(bufs)
+    }
+
+    /// Reads the non-finite flags (a stream sync) and names the first offending element as the CPU would.
+    fn check_nonfinite(
+        &self,
+        bufs: &QuantBuffers,
+        inputs: [(&CudaSlice<u8>, TensorMeta); 3],
+    ) -> Result<()> {
+        let raw = self.read(&bufs.nonfinite, 12)?;
+        let flags: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let decode = |slot: usize| -> Option<(usize, usize, usize)> {
+            let idx = flags[slot];
+            if idx == NO_TOKEN {
+                return None;
+            }
+            let s = inputs[slot].1.shape;
+            let idx = idx as usize;
+            Some((
+                idx / (s.heads * s.seq),
+                (idx / s.seq) % s.heads,
+                idx % s.seq,
+            ))
+        };
+        // K and V heads come first (K before V in one head), then Q: the CPU's order.
+        let kv = match (decode(1), decode(2)) {
+            (Some(k), Some(v)) => Some(if (v.0, v.1) < (k.0, k.1) {
+                (2, v)
+            } else {
+                (1, k)
+            }),
+            (Some(k), None) => Some((1, k)),
+            (None, Some(v)) => Some((2, v)),
+            (None, None) => None,
+        };
+        let Some((slot, (batch, head, token))) = kv.or_else(|| decode(0).map(|q| (0, q))) else {
+            return Ok(());
+        };
+        let (buf, meta) = inputs[slot];
+        let size = meta.dtype.size_bytes();
+        let start = meta.shape.index(meta.layout, batch, head, token, 0) * size;
+        let host = self.read(buf, start + meta.shape.head_dim * size)?;
+        let row = &host[start..];
+        let value = (0..meta.shape.head_dim)
+            .map(|c| match meta.dtype {
+                DType::F32 => {
+                    f32::from_le_bytes([row[4 * c], row[4 * c + 1], row[4 * c + 2], row[4 * c + 3]])
+                }
+                DType::F16 => f16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32(),
+                DType::BF16 => half::bf16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32(),
+            })
+            .find(|x| !x.is_finite())
+            .unwrap_or(f32::NAN);
+        Err(Error::NonFinite {
+            tensor: ["Q", "K", "V"][slot],
+            batch,
+            head,
+            token,
+            value,
+        })
+    }
+
+    fn run(
+        &self,
+        q: &DeviceTensor,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+        params: &AttentionParams,
+        marks: Option<&Marks>,
+    ) -> Result<DeviceOutput> {
+        let p = self.problem(&q.meta(), &k.meta(), &v.meta(), params)?;
+        let out_shape = p.out_shape();
+        let out_meta = TensorMeta {
+            shape: out_shape,
+            dtype: p.dtype,
+            layout: p.layout,
+        };
+        let lse_meta = TensorMeta {
+            shape: Shape::new(p.batch, p.heads_q, p.seq_q, 1),
+            dtype: DType::F32,
+            layout: Layout::Hnd,
+        };
+        let out = self.alloc(out_shape.numel() * p.dtype.size_bytes())?;
+        let lse = if p.return_lse {
+            Some(self.alloc(p.batch * p.heads_q * p.seq_q * 4)?)
+        } else {
+            None
+        };
+        let wrap = |out: CudaSlice<u8>, lse: Option<CudaSlice<u8>>| DeviceOutput {
+            out: DeviceTensor::new(out_meta, NAME, Box::new(GpuTensor { buf: out })),
+            lse: lse.map(|l| DeviceTensor::new(lse_meta, NAME, Box::new(GpuTensor { buf: l }))),
+        };
+        if out_shape.numel() == 0 {
+            return Ok(wrap(out, lse));
+        }
+        if p.seq_k == 0 {
+            // nothing to attend to: +0.0 in every dtype, log-sum-exp -inf
+            self.memset32(
+                &out,
+                0,
+                (out_shape.numel() * p.dtype.size_bytes()).div_ceil(4),
+            )?;
+            if let Some(l) = &lse {
+                self.memset32(
+                    l,
+                    f32::NEG_INFINITY.to_bits(),
+                    p.batch * p.heads_q * p.seq_q,
+                )?;
+            }
+            return Ok(wrap(out, lse));
+        }
+        if self.poison {
+            self.memset32(
+                &out,
+                0xffff_ffff,
+                (out_shape.numel() * p.dtype.size_bytes()).div_ceil(4),
+            )?;
+            if let Some(l) = &lse {
+                self.memset32(l, 0xffff_ffff, p.batch * p.heads_q * p.seq_q)?;
+            }
+        }
+        let (qb, kb, vb) = (
+            &q.handle::<GpuTensor>(NAME)?.buf,
+            &k.handle::<GpuTensor>(NAME)?.buf,
+            &v.handle::<GpuTensor>(NAME)?.buf,
+        );
+        let inputs = [(qb, q.meta()), (kb, k.meta()), (vb, v.meta())];
+        let record = |e: &cudarc::driver::CudaEvent| {
+            e.record(&self.stream).map_err(|e| driver_error("event", e))
+        };
+        if let Some(m) = marks {
+            record(&m.start)?;
+        }
+        let dt = dtype_suffix(p.dtype);
+        let os = strides(&out_meta);
+        let lse_arg = lse.as_ref().map_or(NULL, |l| self.ptr(l));
+        let dims = [
+            Arg::I32(p.heads_q as i32),
+            Arg::I32(p.heads_kv as i32),
+            Arg::I32(p.seq_q as i32),
+            Arg::I32(p.seq_k as i32),
+            Arg::I32(p.head_dim as i32),
+        ];
+        let quant = if p.mode.is_quantized() {
+            let bufs = self.quantize_stage(&p, inputs)?;
+            if let Some(m) = marks {
+                record(&m.attn)?;
+            }
+            let fp8 = p.mode.is_fp8_pv();
+            let (k8c, k8s) = match (&bufs.k8, p.smooth_q) {
+                (Some((c, s)), _) => (self.ptr(c), self.ptr(s)),
+                (None, true) => (self.ptr(&bufs.k_codes), self.ptr(&bufs.k_scales)),
+                (None, false) => (NULL, NULL),
+            };
+            let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+            let mut args = vec![
+                self.ptr(&bufs.q_codes),
+                self.ptr(&bufs.q_scales),
+                self.ptr(&bufs.k_codes),
+                self.ptr(&bufs.k_scales),
+                self.ptr(&bufs.vt),
+                if fp8 { opt(&bufs.sv) } else { NULL },
+                opt(&bufs.vm),
+                opt(&bufs.qm),
+                k8c,
+                k8s,
+                opt(&bufs.qkm),
+                self.ptr(&out),
+                os[0],
+                os[1],
+                os[2],
+                lse_arg,
+            ];
+            args.extend(dims);
+            args.extend([
+                Arg::I32(granularity_code(p.granularity)),
+                Arg::I32(p.causal as i32),
+                Arg::F32(p.sm_scale),
+            ]);
+            let kind = match p.mode {
+                Mode::Int4Fp8 => "int4_fp8",
+                Mode::Int8Fp8 => "int8_fp8",
+                _ => "int8_fp16",
+            };
+            let name = format!("attn_{kind}_hd{}_{dt}", p.head_dim_padded);
+            self.launch(
+                Module::AttnMma,
+                &name,
+                [p.seq_q.div_ceil(ATTN_ROWS), p.heads_q, p.batch],
+                128,
+                &args,
+            )?;
+            Some(bufs)
+        } else {
+            if let Some(m) = marks {
+                record(&m.attn)?;
+            }
+            let mut args = Vec::new();
+            for (buf, meta) in inputs {
+                let s = strides(&meta);
+                args.extend([self.ptr(buf), s[0], s[1], s[2]]);
+            }
+            args.extend([self.ptr(&out), os[0], os[1], os[2], lse_arg]);
+            args.extend(dims);
+            args.extend([Arg::I32(p.causal as i32), Arg::F32(p.sm_scale)]);
+            let rows = if p.dtype == DType::F32 {
+                EXACT_F32_ROWS
+            } else {
+                ATTN_ROWS
+            };
+            let name = format!("attn_exact_hd{}_{dt}", p.head_dim_padded);
+            self.launch(
+                Module::AttnExact,
+                &name,
+                [p.seq_q.div_ceil(rows), p.heads_q, p.batch],
+                128,
+                &args,
+            )?;
+            None
+        };
+        if let Some(m) = marks {
+            record(&m.end)?;
+        }
+        if let Some(bufs) = &quant {
+            // one sync per call: the flags are read after the attention kernel is queued
+            self.check_nonfinite(bufs, inputs)?;
+        }
+        Ok(wrap(out, lse))
     }
 }
 
@@ -28,40 +783,286 @@ impl AttentionBackend for CudaBackend {
     fn name(&self) -> &'static str {
         NAME
     }
+
     fn capabilities(&self) -> Capabilities {
-        match *self {}
+        Capabilities {
+            backend: NAME,
+            device: self.device.clone(),
+            modes: modes_for(self.cc),
+            // On sm_90 INT4 mma is emulated (~25x slower than INT8): never the automatic choice.
+            auto_mode: if self.cc >= (8, 9) {
+                Mode::Int8Fp8
+            } else {
+                Mode::Int8Fp16
+            },
+            granularities: Granularity::ALL.to_vec(),
+            native_head_dims: PADDED_HEAD_DIMS.to_vec(),
+            max_head_dim: MAX_HEAD_DIM,
+            kv_blocks: vec![64],
+            default_kv_block: 64,
+            dtypes: DType::ALL.to_vec(),
+            layouts: Layout::ALL.to_vec(),
+            causal: true,
+            gqa: true,
+            lse: true,
+            smooth_q: true,
+            smooth_v: true,
+            rotate: true,
+        }
     }
-    fn upload(&self, _: &Tensor) -> Result<DeviceTensor> {
-        match *self {}
+
+    fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        Self::check_size(&t.meta())?;
+        let bytes = t.storage().to_le_bytes();
+        let mut buf = self.alloc(bytes.len())?;
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(&bytes, &mut buf)
+                .map_err(|e| driver_error("upload", e))?;
+        }
+        Ok(DeviceTensor::new(
+            t.meta(),
+            NAME,
+            Box::new(GpuTensor { buf }),
+        ))
     }
-    fn download(&self, _: &DeviceTensor) -> Result<Tensor> {
-        match *self {}
+
+    fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let meta = t.meta();
+        let n = meta.shape.numel();
+        let bytes = self.read(
+            &t.handle::<GpuTensor>(NAME)?.buf,
+            n * meta.dtype.size_bytes(),
+        )?;
+        let storage = match meta.dtype {
+            DType::F32 => Storage::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            DType::F16 => Storage::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Storage::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+        };
+        Tensor::new(storage, meta.shape, meta.layout)
     }
+
     fn attention_device(
         &self,
-        _: &DeviceTensor,
-        _: &DeviceTensor,
-        _: &DeviceTensor,
-        _: &AttentionParams,
+        q: &DeviceTensor,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+        params: &AttentionParams,
     ) -> Result<DeviceOutput> {
-        match *self {}
+        self.run(q, k, v, params, None)
     }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_error("synchronize", e))
+    }
+
+    fn time_attention(
+        &self,
+        q: &DeviceTensor,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+        params: &AttentionParams,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<Timing> {
+        let event = || {
+            self.ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| driver_error("event", e))
+        };
+        let marks = Marks {
+            start: event()?,
+            attn: event()?,
+            end: event()?,
+        };
+        let (mut total, mut kernel) = (Vec::new(), Vec::new());
+        for i in 0..warmup + iters.max(1) {
+            self.run(q, k, v, params, Some(&marks))?;
+            marks
+                .end
+                .synchronize()
+                .map_err(|e| driver_error("event", e))?;
+            if i >= warmup {
+                let ms = |a: &cudarc::driver::CudaEvent, b: &cudarc::driver::CudaEvent| {
+                    a.elapsed_ms(b)
+                        .map(f64::from)
+                        .map_err(|e| driver_error("event", e))
+                };
+                total.push(ms(&marks.start, &marks.end)?);
+                kernel.push(ms(&marks.attn, &marks.end)?);
+            }
+        }
+        Ok(Timing {
+            end_to_end_ms: median(total),
+            kernel_ms: Some(median(kernel)),
+            clock: "cuda-events",
+        })
+    }
+
     fn quantize(
         &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &AttentionParams,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        params: &AttentionParams,
     ) -> Result<QuantizedQkv> {
-        match *self {}
+        let p = self.problem(&q.meta(), &k.meta(), &v.meta(), params)?;
+        if !p.mode.is_quantized() {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: "quantize in the exact mode (it has no quantization stage)".into(),
+            });
+        }
+        let (dq, dk, dv) = (self.upload(q)?, self.upload(k)?, self.upload(v)?);
+        let inputs = [
+            (&dq.handle::<GpuTensor>(NAME)?.buf, q.meta()),
+            (&dk.handle::<GpuTensor>(NAME)?.buf, k.meta()),
+            (&dv.handle::<GpuTensor>(NAME)?.buf, v.meta()),
+        ];
+        let empty = p.seq_k == 0 || p.out_shape().numel() == 0;
+        if empty {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: "quantize with an empty dimension".into(),
+            });
+        }
+        let bufs = self.quantize_stage(&p, inputs)?;
+        self.check_nonfinite(&bufs, inputs)?;
+        let (b, hq, hk, nq, nk, d, dp) = (
+            p.batch,
+            p.heads_q,
+            p.heads_kv,
+            p.seq_q,
+            p.seq_k,
+            p.head_dim,
+            p.head_dim_padded,
+        );
+        let int4 = p.mode == Mode::Int4Fp8;
+        let f32v = |s: &CudaSlice<u8>, n: usize| -> Result<Vec<f32>> {
+            Ok(self
+                .read(s, n * 4)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        // code rows: drop the padding rows, unpack INT4 nibbles (low nibble first)
+        let codes = |s: &CudaSlice<u8>, heads: usize, n: usize, n_pad: usize| -> Result<Vec<i8>> {
+            let row = if int4 { dp / 2 } else { dp };
+            let raw = self.read(s, b * heads * n_pad * row)?;
+            let mut out = Vec::with_capacity(b * heads * n * dp);
+            for bh in 0..b * heads {
+                for t in 0..n {
+                    let r = &raw[(bh * n_pad + t) * row..][..row];
+                    if int4 {
+                        out.extend(
+                            r.iter()
+                                .flat_map(|&x| [((x << 4) as i8) >> 4, (x as i8) >> 4]),
+                        );
+                    } else {
+                        out.extend(r.iter().map(|&x| x as i8));
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let strip = |vals: Vec<f32>| -> Vec<f32> {
+            vals.chunks_exact(dp)
+                .flat_map(|r| r[..d].to_vec())
+                .collect()
+        };
+        // V: vt is [B, Hkv, Dp, Nk_pad], keys permuted inside groups of 16 in the FP8 modes
+        let slot = |t: usize| {
+            16 * (t / 16) + {
+                let k = t % 16;
+                4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8)
+            }
+        };
+        let v = if p.mode.is_fp8_pv() {
+            let vt = self.read(&bufs.vt, b * hk * dp * bufs.nk_pad)?;
+            let mut c = vec![0u8; b * hk * nk * dp];
+            for bh in 0..b * hk {
+                for ch in 0..dp {
+                    for t in 0..nk {
+                        c[(bh * nk + t) * dp + ch] = vt[(bh * dp + ch) * bufs.nk_pad + slot(t)];
+                    }
+                }
+            }
+            let scales = match &bufs.sv {
+                Some(s) => f32v(s, b * hk * dp)?,
+                None => Vec::new(),
+            };
+            QuantizedV::Fp8 { codes: c, scales }
+        } else {
+            let vt = self.read(&bufs.vt, b * hk * dp * bufs.nk_pad * 2)?;
+            let mut values = vec![f16::ZERO; b * hk * nk * dp];
+            for bh in 0..b * hk {
+                for ch in 0..dp {
+                    for t in 0..nk {
+                        let i = ((bh * dp + ch) * bufs.nk_pad + t) * 2;
+                        values[(bh * nk + t) * dp + ch] = f16::from_le_bytes([vt[i], vt[i + 1]]);
+                    }
+                }
+            }
+            QuantizedV::F16 { values }
+        };
+        Ok(QuantizedQkv {
+            mode: p.mode,
+            granularity: p.granularity,
+            head_dim_padded: dp,
+            q_codes: codes(&bufs.q_codes, hq, nq, bufs.nq_pad)?,
+            q_scales: f32v(&bufs.q_scales, b * hq * bufs.groups_q)?,
+            k_codes: codes(&bufs.k_codes, hk, nk, bufs.nk_pad)?,
+            k_scales: f32v(&bufs.k_scales, b * hk * bufs.groups_k)?,
+            v,
+            km: strip(f32v(&bufs.km, b * hk * dp)?),
+            qm: match &bufs.qm {
+                Some(s) => f32v(s, b * hq * nq.div_ceil(Q_SMOOTH_BLOCK) * dp)?,
+                None => Vec::new(),
+            },
+            vm: match &bufs.vm {
+                Some(s) => strip(f32v(s, b * hk * dp)?),
+                None => Vec::new(),
+            },
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn reports_unavailable_without_panicking() {
-        let err = super::CudaBackend::new().unwrap_err();
-        assert!(err.to_string().contains(super::NAME), "{err}");
+        // On a machine with a CUDA GPU this opens it; everywhere else it must say why not.
+        match CudaBackend::new() {
+            Ok(b) => assert!(!b.arch().is_empty()),
+            Err(e) => assert!(e.to_string().contains(NAME), "{e}"),
+        }
+    }
+
+    #[test]
+    fn argument_slots_hold_c_values() {
+        assert_eq!(Arg::I32(-1).slot(), 0xffff_ffff);
+        assert_eq!(Arg::F32(1.0).slot(), 0x3f80_0000);
+        assert_eq!(Arg::I64(-2).slot(), u64::MAX - 1);
+        assert_eq!(arch_for(9, 0), "sm_90a");
+        assert_eq!(arch_for(8, 9), "sm_89");
     }
 }

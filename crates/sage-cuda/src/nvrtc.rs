@@ -1,0 +1,282 @@
+//! Kernel compilation: NVRTC turns `kernels/*.cu` into a CUBIN for the exact architecture (the GPU
+//! machines' CUDA 13.0 driver rejects PTX from a newer NVRTC; a CUBIN sidesteps PTX versions), cached
+//! on disk by source hash, architecture and NVRTC version so the second process starts warm.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sage_core::{Error, Result};
+use sha2::{Digest, Sha256};
+
+use crate::NAME;
+
+/// The common headers, in the order the amalgamation needs them (kernels/ABI.md, "Compiling").
+const HEADERS: [(&str, &str); 9] = [
+    (
+        "prelude.cuh",
+        include_str!("../../../kernels/common/prelude.cuh"),
+    ),
+    ("ptx.cuh", include_str!("../../../kernels/common/ptx.cuh")),
+    (
+        "dtype.cuh",
+        include_str!("../../../kernels/common/dtype.cuh"),
+    ),
+    ("fp8.cuh", include_str!("../../../kernels/common/fp8.cuh")),
+    ("int4.cuh", include_str!("../../../kernels/common/int4.cuh")),
+    (
+        "groups.cuh",
+        include_str!("../../../kernels/common/groups.cuh"),
+    ),
+    (
+        "hadamard.cuh",
+        include_str!("../../../kernels/common/hadamard.cuh"),
+    ),
+    ("mask.cuh", include_str!("../../../kernels/common/mask.cuh")),
+    (
+        "softmax.cuh",
+        include_str!("../../../kernels/common/softmax.cuh"),
+    ),
+];
+
+/// The kernel modules: one file per stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    Quant,
+    AttnMma,
+    AttnExact,
+}
+
+impl Module {
+    pub const ALL: [Module; 3] = [Module::Quant, Module::AttnMma, Module::AttnExact];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            Module::Quant => "quant.cu",
+            Module::AttnMma => "attn_mma.cu",
+            Module::AttnExact => "attn_exact.cu",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Module::Quant => include_str!("../../../kernels/quant.cu"),
+            Module::AttnMma => include_str!("../../../kernels/attn_mma.cu"),
+            Module::AttnExact => include_str!("../../../kernels/attn_exact.cu"),
+        }
+    }
+
+    /// One self-contained translation unit: NVRTC gets no include paths.
+    pub fn amalgamated(self) -> String {
+        let mut text = String::from("#define SAGE_AMALGAMATED 1\n");
+        for (name, body) in HEADERS {
+            text.push_str(&format!("// ---- common/{name}\n{body}\n"));
+        }
+        text.push_str(&format!("// ---- {}\n{}", self.file(), self.source()));
+        text
+    }
+}
+
+/// Architectures `sage kernels` and the backend compile for: the device's compute capability.
+pub fn arch_for(major: i32, minor: i32) -> String {
+    match (major, minor) {
+        (9, 0) => "sm_90a".to_string(),
+        (m, n) => format!("sm_{m}{n}"),
+    }
+}
+
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable {
+        backend: NAME,
+        reason,
+    }
+}
+
+/// Where pip puts NVRTC (`pip install nvidia-cuda-nvrtc==13.0.*`), for machines without a toolkit.
+fn pip_nvrtc_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(d) = std::env::var("SAGE_NVRTC_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .output();
+    if let Ok(out) = out
+        && out.status.success()
+    {
+        let site = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        dirs.push(PathBuf::from(&site).join("nvidia/cu13/lib"));
+        dirs.push(PathBuf::from(&site).join("nvidia/cuda_nvrtc/lib"));
+    }
+    dirs
+}
+
+/// Makes NVRTC loadable, or says why it is not: the system's, else pip's, loaded once so that
+/// cudarc's own lookup by name finds it. Never panics (cudarc would, without the library).
+pub fn ensure_nvrtc() -> Result<()> {
+    static READY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            // SAFETY: only probes whether the shared library can be opened.
+            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                return Ok(());
+            }
+            for dir in pip_nvrtc_dirs() {
+                let lib = dir.join("libnvrtc.so.13");
+                if !lib.is_file() {
+                    continue;
+                }
+                // NVRTC opens its builtins library by name at compile time: load it first, globally.
+                for name in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
+                    // SAFETY: loading these libraries runs only their own initialisers; they stay
+                    // loaded (global) for the life of the process so later lookups by name find them.
+                    let opened = unsafe {
+                        libloading::os::unix::Library::open(
+                            Some(dir.join(name)),
+                            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                        )
+                    };
+                    if let Ok(l) = opened {
+                        std::mem::forget(l);
+                    }
+                }
+                if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                    return Ok(());
+                }
+            }
+            Err("NVRTC (libnvrtc.so.13) not found: install the CUDA 13.0 toolkit or `pip install nvidia-cuda-nvrtc==13.0.88`, or set SAGE_NVRTC_DIR".to_string())
+        })
+        .clone()
+        .map_err(unavailable)
+}
+
+/// NVRTC's version, e.g. (13, 0).
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    ensure_nvrtc()?;
+    let (mut major, mut minor): (c_int, c_int) = (0, 0);
+    // SAFETY: NVRTC is loaded (ensure_nvrtc); the out-pointers are valid.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(unavailable(format!("nvrtcVersion failed: {r:?}")));
+    }
+    Ok((major, minor))
+}
+
+/// The options every kernel is built with (kernels/ABI.md: IEEE division, no flush to zero).
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+    ]
+}
+
+/// Compiles `module` for `arch` to a CUBIN with NVRTC, without the cache.
+pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::sys;
+    ensure_nvrtc()?;
+    let kernel = module.file().to_string();
+    let compile_err = |log: String| Error::Compile {
+        kernel: format!("{kernel} ({arch})"),
+        log,
+    };
+    let src = CString::new(module.amalgamated()).map_err(|e| compile_err(e.to_string()))?;
+    let name = CString::new(kernel.clone()).map_err(|e| compile_err(e.to_string()))?;
+    let opts: Vec<CString> = options(arch)
+        .into_iter()
+        .map(CString::new)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| compile_err(e.to_string()))?;
+    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: every pointer handed to NVRTC outlives the calls; the program is destroyed below.
+    unsafe {
+        let r = sys::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            name.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null(),
+        );
+        if r != sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(compile_err(format!("nvrtcCreateProgram: {r:?}")));
+        }
+        let compiled = sys::nvrtcCompileProgram(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+        let mut log_size = 0usize;
+        let mut log = String::new();
+        if sys::nvrtcGetProgramLogSize(prog, &mut log_size) == sys::nvrtcResult::NVRTC_SUCCESS
+            && log_size > 1
+        {
+            let mut buf = vec![0 as c_char; log_size];
+            if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr()) == sys::nvrtcResult::NVRTC_SUCCESS {
+                log = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+            }
+        }
+        let result = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
+            Err(compile_err(format!("{compiled:?}\n{log}")))
+        } else {
+            let mut size = 0usize;
+            let r = sys::nvrtcGetCUBINSize(prog, &mut size);
+            if r != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+                Err(compile_err(format!(
+                    "no CUBIN ({r:?}); is {arch} a real architecture?"
+                )))
+            } else {
+                let mut cubin = vec![0u8; size];
+                let r = sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char);
+                if r == sys::nvrtcResult::NVRTC_SUCCESS {
+                    Ok(cubin)
+                } else {
+                    Err(compile_err(format!("nvrtcGetCUBIN: {r:?}")))
+                }
+            }
+        };
+        sys::nvrtcDestroyProgram(&mut prog);
+        result
+    }
+}
+
+/// The cache folder: `SAGE_CUDA_CACHE_DIR`, else `$XDG_CACHE_HOME/sage/cuda`, else `~/.cache/sage/cuda`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("SAGE_CUDA_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("sage/cuda"));
+    }
+    std::env::var("HOME")
+        .ok()
+        .map(|h| PathBuf::from(h).join(".cache/sage/cuda"))
+}
+
+/// The CUBIN of `module` for `arch`, from the disk cache when an identical build is there.
+pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
+    let (major, minor) = nvrtc_version()?;
+    let mut hash = Sha256::new();
+    hash.update(module.amalgamated().as_bytes());
+    hash.update(options(arch).join(" ").as_bytes());
+    hash.update(format!("nvrtc {major}.{minor}").as_bytes());
+    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let file =
+        cache_dir().map(|d| d.join(format!("{}-{arch}-{}.cubin", module.file(), &digest[..16])));
+    if let Some(f) = &file
+        && let Ok(bytes) = std::fs::read(f)
+    {
+        return Ok(bytes);
+    }
+    let cubin = compile(module, arch)?;
+    if let Some(f) = &file {
+        // A cache that cannot be written only costs the next process a compile.
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &cubin).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
+    Ok(cubin)
+}
