@@ -1,9 +1,10 @@
 // quant.cu: the quantization stage, ALGORITHM.md Steps 1 (smooth_k), 2 (smooth_q), 2b (rotate),
 // 3 (quantize_q / quantize_k) and 7 (V to FP8 or f16), for the quantized modes.
 //
-// Every kernel here works on tiles of QUANT_TOKENS = 128 consecutive tokens of one head, 256
+// The quantize_* kernels work on tiles of QUANT_TOKENS = 128 consecutive tokens of one head, 256
 // threads: warp w holds tile rows 16w..16w+15, and lane l holds channels l, l+32, l+64, l+96 of
 // each row (hadamard.cuh, "lane-strided"). Loads are 32 consecutive elements per instruction.
+// channel_stats_* (the means and V scales they need first) sums each channel in token order.
 //
 // Launch order and buffer sizes: kernels/ABI.md. The CPU reference: crates/sage-core/src/cpu.rs
 // (prepare_kv, prepare_q) and numerics/{quant,smooth,hadamard,fp8}.rs.
@@ -132,22 +133,36 @@ SAGE_DEVICE int v8_slot(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8
 // scales by several ulp on data with large channel means.) A sequential sum is a dependent chain
 // of N additions per channel; it is kept fed by the other warps of the CTA:
 //   CTA = one (b, h) and 32 channels c0..c0+31. Warp 0 lane l owns channel c0 + l and adds up
-//   chunk i of STATS_CHUNK tokens from shared memory while warps 1-3 load chunk i+1 into the other
+//   chunk i of STATS_CHUNK tokens from shared memory while warps 1-7 load chunk i+1 into the other
 //   buffer; one barrier per chunk.
 // With `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where amax = max_n |V'[n,c]|; for
 // V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction is monotonic, so the
 // largest |fl(v - vm)| is reached at vmax or at vmin.
-#define STATS_THREADS 128
+#define STATS_THREADS 256
 #define STATS_CHUNK 128
 #define STATS_LOADERS (STATS_THREADS - 32)
 
+// Loader warps: all of a chunk's loads are issued before the first store, so a chunk costs one
+// memory round trip (STATS_LOAD_PER loads in flight per thread), not one per element.
+#define STATS_LOAD_PER ((STATS_CHUNK * 32 + STATS_LOADERS - 1) / STATS_LOADERS)
 template <class DT>
 SAGE_DEVICE void stats_load_chunk(float (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N, int c0, int D) {
-    const int li = threadIdx.x - 32;  // loader index, warps 1-3
-    for (int i = li; i < STATS_CHUNK * 32; i += STATS_LOADERS) {
-        const int r = i / 32, cl = i % 32;  // a warp reads 32 consecutive channels of one token
-        const int n = n0 + r, c = c0 + cl;
-        buf[r][cl] = (n < N && c < D) ? DT::load(base[(i64)n * sn + c]) : 0.0f;
+    // Loader li always reads channel c0 + li % 32 (STATS_LOADERS is a multiple of 32) of tokens
+    // n0 + li / 32 + k * (STATS_LOADERS / 32): a warp reads 32 consecutive channels of one token.
+    const int li = threadIdx.x - 32;
+    const int cl = li % 32, r0 = li / 32;
+    const bool c_ok = c0 + cl < D;
+    float v[STATS_LOAD_PER];
+#pragma unroll
+    for (int k = 0; k < STATS_LOAD_PER; ++k) {
+        const int r = r0 + k * (STATS_LOADERS / 32);
+        const int n = n0 + r;
+        v[k] = (r < STATS_CHUNK && n < N && c_ok) ? DT::load(base[(i64)n * sn + c0 + cl]) : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < STATS_LOAD_PER; ++k) {
+        const int r = r0 + k * (STATS_LOADERS / 32);
+        if (r < STATS_CHUNK) buf[r][cl] = v[k];
     }
 }
 
@@ -457,7 +472,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
 
 // ---- entry points ---------------------------------------------------------------------------------
 // One set per input dtype; parameter lists in ABI.md. quantize_*: grid (ceil(N/128), H, B), 256
-// threads; channel_stats_*: grid (Dp/32, H, B), 128 threads.
+// threads; channel_stats_*: grid (Dp/32, H, B), 256 threads.
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
     extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \

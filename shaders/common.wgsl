@@ -53,6 +53,53 @@ fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
 }
 
+// a / b rounded to nearest even, as IEEE division (and so the CPU) rounds it. WGSL's `/` may be off by
+// 2.5 ulp (NVIDIA's is), and the few divisions whose results every code depends on (channel means,
+// scales, their inverses) must match the CPU's exactly: a mean that is one ulp off shifts every
+// smoothed value of its channel. Long division of the 24-bit significands in u32 arithmetic;
+// zeros, subnormals, infinities and NaN fall back to `/` (none occur in those divisions).
+fn div_exact(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let ea = i32((ua >> 23u) & 0xffu);
+    let eb = i32((ub >> 23u) & 0xffu);
+    if (ea == 0 || eb == 0 || ea == 255 || eb == 255) {
+        return a / b;
+    }
+    let sign = (ua ^ ub) & 0x80000000u;
+    let mb = (ub & 0x7fffffu) | 0x800000u;
+    var rem = (ua & 0x7fffffu) | 0x800000u;
+    var e = ea - eb + 127;
+    if (rem < mb) {
+        // quotient below 1: take one more bit of the dividend so the first quotient bit is 1
+        rem = rem << 1u;
+        e -= 1;
+    }
+    // 24 significand bits and one rounding bit; rem < 2 * mb < 2^25 throughout
+    var q = 0u;
+    for (var i = 0u; i < 25u; i++) {
+        q = q << 1u;
+        if (rem >= mb) {
+            rem -= mb;
+            q |= 1u;
+        }
+        rem = rem << 1u;
+    }
+    let round_bit = q & 1u;
+    q = q >> 1u;
+    if (round_bit == 1u && (rem != 0u || (q & 1u) == 1u)) {
+        q += 1u;
+        if (q == 0x1000000u) {
+            q = 0x800000u;
+            e += 1;
+        }
+    }
+    if (e <= 0 || e >= 255) {
+        return a / b;
+    }
+    return bitcast<f32>(sign | (u32(e) << 23u) | (q & 0x7fffffu));
+}
+
 // NaN and infinities have an all-ones exponent; WGSL has no isnan/isinf.
 fn is_finite_f32(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;

@@ -94,9 +94,9 @@ fn quantize_qk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     }
     let q = f32(P.qmax);
     if (t < subs) {
-        aux[P.scale_offset + scale_index + t] = select(t_amax / q, 1.0, t_amax == 0.0);
+        aux[P.scale_offset + scale_index + t] = select(div_exact(t_amax, q), 1.0, t_amax == 0.0);
         if (P.emit_int8 != 0u) {
-            aux[P.scale8_offset + scale_index + t] = select(t_amax / 127.0, 1.0, t_amax == 0.0);
+            aux[P.scale8_offset + scale_index + t] = select(div_exact(t_amax, 127.0), 1.0, t_amax == 0.0);
         }
     }
     if (!in_range) {
@@ -104,8 +104,8 @@ fn quantize_qk(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     }
     let int4 = P.qmax == 7;
     let words = select(dp / 4u, dp / 8u, int4);
-    write_codes((bh * P.seq + n) * words, &x, select(q / g_amax, 0.0, g_amax == 0.0), P.qmax, int4, false);
+    write_codes((bh * P.seq + n) * words, &x, select(div_exact(q, g_amax), 0.0, g_amax == 0.0), P.qmax, int4, false);
     if (P.emit_int8 != 0u) {
-        write_codes((bh * P.seq + n) * (dp / 4u), &x, select(127.0 / g_amax, 0.0, g_amax == 0.0), 127, false, true);
+        write_codes((bh * P.seq + n) * (dp / 4u), &x, select(div_exact(127.0, g_amax), 0.0, g_amax == 0.0), 127, false, true);
     }
 }

@@ -43,7 +43,7 @@ fn quantize_v(@builtin(global_invocation_id) gid: vec3<u32>) {
     var scale = vec4<f32>(1.0);
     for (var k = 0u; k < 4u; k++) {
         if (amax[k] != 0.0) {
-            scale[k] = amax[k] / E4M3_MAX;
+            scale[k] = div_exact(amax[k], E4M3_MAX);
         }
         aux[P.scale_offset + bh * dp + 4u * c4 + k] = scale[k];
     }

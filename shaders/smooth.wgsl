@@ -26,7 +26,7 @@ fn block_mean(@builtin(global_invocation_id) gid: vec3<u32>) {
         sum += src[(bh * P.seq + n) * dp + c];
     }
     if (end > start) {
-        sum = sum / f32(end - start);
+        sum = div_exact(sum, f32(end - start));
     }
     aux[P.dst_offset + i] = sum;
 }

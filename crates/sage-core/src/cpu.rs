@@ -501,16 +501,18 @@ where
         });
 }
 
-/// Collects per-head results computed in parallel, stopping at the first error.
+/// Per-head results computed in parallel; on failure, the error of the first head in (batch, head)
+/// order, whichever thread found its error first (so a report never depends on scheduling).
 fn per_head<T, F>(batch: usize, heads: usize, f: F) -> Result<Vec<T>>
 where
     T: Send,
     F: Fn(usize, usize) -> Result<T> + Sync,
 {
-    (0..batch * heads)
+    let all: Vec<Result<T>> = (0..batch * heads)
         .into_par_iter()
         .map(|bh| f(bh / heads, bh % heads))
-        .collect()
+        .collect();
+    all.into_iter().collect()
 }
 
 /// Inputs as the CPU computes with them: f32, HND.

@@ -1241,6 +1241,109 @@ mod tests {
         }
     }
 
+    /// `div_exact` rounds like IEEE division on the adapter (lavapipe in CI), over quotients of
+    /// every magnitude, ties and near-ties included.
+    #[test]
+    fn div_exact_matches_ieee_division() {
+        let backend = match WgpuBackend::new() {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(
+                    std::env::var("SAGE_REQUIRE")
+                        .unwrap_or_default()
+                        .split(',')
+                        .all(|r| r != NAME),
+                    "{e}"
+                );
+                return;
+            }
+        };
+        let gpu = &backend.gpu;
+        let shader = format!(
+            "{}\n@group(0) @binding(0) var<storage, read_write> xs: array<f32>;\n\
+             @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {{\n\
+             let i = g.x; if (2u * i + 1u < arrayLength(&xs)) {{ xs[2u * i] = div_exact(xs[2u * i], xs[2u * i + 1u]); }} }}",
+            pipelines::COMMON
+        );
+        let module = gpu
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(shader.into()),
+            });
+        let pipe = gpu
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let mut pairs: Vec<(f32, f32)> = Vec::new();
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        for _ in 0..20000 {
+            let a = f32::from_bits(0x3000_0000 + next() % 0x1e00_0000)
+                * if next() % 2 == 0 { 1.0 } else { -1.0 };
+            let b = f32::from_bits(0x3000_0000 + next() % 0x1e00_0000);
+            pairs.push((a, b));
+        }
+        // the divisions sage does: amax / qmax, qmax / amax, sums / counts
+        for k in 1..2000u32 {
+            pairs.push((k as f32 * 0.37, 127.0));
+            pairs.push((7.0, k as f32 * 0.0123));
+            pairs.push((k as f32 * 3.0 + 0.5, 448.0));
+            pairs.push((-(k as f32) * 1.5, (k % 97 + 1) as f32));
+        }
+        let data: Vec<u8> = pairs
+            .iter()
+            .flat_map(|(a, b)| [a.to_le_bytes(), b.to_le_bytes()])
+            .flatten()
+            .collect();
+        let buf = backend
+            .storage_with("pairs", &data)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipe.get_bind_group_layout(0),
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: buf.as_entire_binding(),
+                }],
+            });
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipe);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups((pairs.len() as u32).div_ceil(64), 1, 1);
+        }
+        gpu.queue.submit([enc.finish()]);
+        let out = f32s(
+            &backend
+                .read(&buf, 0, data.len() as u64)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let wrong: Vec<String> = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, (a, b))| out[2 * i].to_bits() != (a / b).to_bits())
+            .take(5)
+            .map(|(i, (a, b))| format!("{a:e} / {b:e} = {:e}, gpu {:e}", a / b, out[2 * i]))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "div_exact differs from IEEE division: {wrong:?}"
+        );
+    }
+
     #[test]
     fn int4_codes_unpack_with_their_sign() {
         // nibbles (low first): 7, -7 | -1, 0
