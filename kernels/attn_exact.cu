@@ -348,9 +348,15 @@ SAGE_DEVICE void attn_exact_f32(const float* __restrict__ q, i64 q_sb, i64 q_sh,
                            lse, Hq, Hkv, Nq, Nk, D, causal, sm_scale);                                    \
     }
 
+#ifdef SAGE_WANT_F16
 SAGE_EXACT_ENTRY_16(attn_exact_hd64_f16, 64, DtF16)
 SAGE_EXACT_ENTRY_16(attn_exact_hd128_f16, 128, DtF16)
+#endif
+#ifdef SAGE_WANT_BF16
 SAGE_EXACT_ENTRY_16(attn_exact_hd64_bf16, 64, DtBF16)
 SAGE_EXACT_ENTRY_16(attn_exact_hd128_bf16, 128, DtBF16)
+#endif
+#ifdef SAGE_WANT_F32
 SAGE_EXACT_ENTRY_F32(attn_exact_hd64_f32, 64)
 SAGE_EXACT_ENTRY_F32(attn_exact_hd128_f32, 128)
+#endif

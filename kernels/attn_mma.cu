@@ -366,10 +366,25 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                                            sm_scale);                                                    \
     }
 
-#define SAGE_ATTN_DTYPES(PREFIX, QBITS, PV_FP8, DP)                  \
-    SAGE_ATTN_ENTRY(PREFIX##_f16, QBITS, PV_FP8, DP, DtF16)          \
-    SAGE_ATTN_ENTRY(PREFIX##_bf16, QBITS, PV_FP8, DP, DtBF16)        \
-    SAGE_ATTN_ENTRY(PREFIX##_f32, QBITS, PV_FP8, DP, DtF32)
+#ifdef SAGE_WANT_F16
+#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_f16, QBITS, PV_FP8, DP, DtF16)
+#else
+#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP)
+#endif
+#ifdef SAGE_WANT_BF16
+#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_bf16, QBITS, PV_FP8, DP, DtBF16)
+#else
+#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP)
+#endif
+#ifdef SAGE_WANT_F32
+#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_f32, QBITS, PV_FP8, DP, DtF32)
+#else
+#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP)
+#endif
+#define SAGE_ATTN_DTYPES(PREFIX, QBITS, PV_FP8, DP) \
+    SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP)        \
+    SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP)       \
+    SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP)
 
 // int8-fp16 (SageAttention1-style): every architecture (sm_80+).
 SAGE_ATTN_DTYPES(attn_int8_fp16_hd64, 8, false, 64)

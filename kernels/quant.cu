@@ -506,6 +506,12 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         quantize_v_f16<DT>(v, stride_b, stride_h, stride_n, H, N, D, Dp, vm, vt, nonfinite);               \
     }
 
+#ifdef SAGE_WANT_F16
 SAGE_QUANT_ENTRIES(f16, DtF16)
+#endif
+#ifdef SAGE_WANT_BF16
 SAGE_QUANT_ENTRIES(bf16, DtBF16)
+#endif
+#ifdef SAGE_WANT_F32
 SAGE_QUANT_ENTRIES(f32, DtF32)
+#endif

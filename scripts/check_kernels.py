@@ -9,11 +9,15 @@ headers handed to nvrtcCreateProgram by name. Then checks, per (file, arch):
   - ptxas reports no local-memory spills and no stack frame (-Xptxas -v).
 
 It also compiles each file once as the amalgamation the launcher may use instead of named headers
-(ABI.md, "Compiling"): `#define SAGE_AMALGAMATED`, the headers in HEADER_ORDER, then the file.
+(ABI.md, "Compiling"): `#define SAGE_AMALGAMATED`, the headers in HEADER_ORDER, then the file; and
+once with -DSAGE_ONLY_BF16 (the dtype filter), checking that only the bf16 entry points remain.
 
 Prints one line per (file, arch), exits non-zero on any failure.
 
-  python3 scripts/check_kernels.py [--arch sm_90a ...] [--file quant.cu ...] [--verbose]
+With --emulate it also builds kernels/emu/test.cpp with g++ and runs it: the kernel sources on the
+host emulator against a C++ port of the CPU reference (kernels/emu/README.md).
+
+  python3 scripts/check_kernels.py [--arch sm_90a ...] [--file quant.cu ...] [--verbose] [--emulate]
 """
 
 import argparse
@@ -21,7 +25,10 @@ import ctypes
 import glob
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,12 +56,13 @@ def arch_number(arch):
     return int(re.match(r"sm_(\d+)", arch).group(1))
 
 
-def expected_entries(cu_file, arch):
-    """The entry points ABI.md promises in `cu_file` compiled for `arch`."""
+def expected_entries(cu_file, arch, dtypes=DTYPES):
+    """The entry points ABI.md promises in `cu_file` compiled for `arch` (with -DSAGE_ONLY_<dt>
+    for each of `dtypes` when that is not all of them)."""
     fp8 = arch_number(arch) >= 89
     if cu_file == "quant.cu":
         names = []
-        for dt in DTYPES:
+        for dt in dtypes:
             names += [
                 f"channel_stats_{dt}",
                 f"quantize_q_{dt}",
@@ -65,9 +73,9 @@ def expected_entries(cu_file, arch):
         return set(names)
     if cu_file == "attn_mma.cu":
         variants = ["int8_fp16"] + (["int8_fp8", "int4_fp8"] if fp8 else [])
-        return {f"attn_{v}_hd{d}_{dt}" for v in variants for d in HEAD_DIMS for dt in DTYPES}
+        return {f"attn_{v}_hd{d}_{dt}" for v in variants for d in HEAD_DIMS for dt in dtypes}
     if cu_file == "attn_exact.cu":
-        return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in DTYPES}
+        return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check
 
 
@@ -190,6 +198,7 @@ def main():
     ap.add_argument("--file", action="append", help="kernels/*.cu file names (default: all)")
     ap.add_argument("--verbose", action="store_true", help="print every entry point's registers/smem")
     ap.add_argument("--no-amalgamation", action="store_true", help="skip the amalgamated-source check")
+    ap.add_argument("--emulate", action="store_true", help="also run the host emulator (needs g++ 12+)")
     args = ap.parse_args()
 
     nvrtc = Nvrtc(find_nvrtc())
@@ -244,11 +253,48 @@ def main():
             print(f"{cu:16s} {arch:7s} {'ok' if ok else 'FAIL'}  amalgamated (no named headers)")
             if not ok:
                 print(log)
+            ok, log, ptx, _ = nvrtc.compile(
+                cu, source, headers, [f"--gpu-architecture={arch}", "--std=c++17", "-DSAGE_ONLY_BF16"]
+            )
+            entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx)) if ok else set()
+            want = expected_entries(cu, arch, ["bf16"])
+            good = ok and (want is None or entries == want)
+            failures += not good
+            print(f"{cu:16s} {arch:7s} {'ok' if good else 'FAIL'}  -DSAGE_ONLY_BF16: {len(entries)} entries")
+            if not ok:
+                print(log)
+            elif not good:
+                print("    got " + ", ".join(sorted(entries)))
+    if args.emulate:
+        failures += not run_emulator()
     if failures:
         print(f"{failures} failure(s)")
         return 1
     print("all ok")
     return 0
+
+
+def run_emulator():
+    """Builds and runs kernels/emu/test.cpp (unit tests + one case per mode/feature)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        print("emulator         FAIL  no g++ found")
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "sage_emu")
+        cmd = [cxx, "-std=c++20", "-O2", "-ffp-contract=off", "-pthread", "-w", "-I" + KERNELS,
+               os.path.join(KERNELS, "emu", "test.cpp"), "-o", exe]
+        build = subprocess.run(cmd, capture_output=True, text=True)
+        if build.returncode != 0:
+            print("emulator         FAIL  build\n" + build.stderr[-4000:])
+            return False
+        run = subprocess.run([exe], capture_output=True, text=True)
+        lines = [l for l in run.stdout.splitlines() if l.startswith("==") or "FAIL" in l or "rel_l1" in l]
+        for l in lines:
+            print("    " + l.strip())
+        ok = run.returncode == 0
+        print(f"emulator         {'ok' if ok else 'FAIL'}  {run.stdout.strip().splitlines()[-1] if run.stdout else run.stderr[-2000:]}")
+        return ok
 
 
 if __name__ == "__main__":

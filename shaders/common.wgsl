@@ -3,7 +3,7 @@
 requires packed_4x8_integer_dot_product;
 
 // One uniform block for every pass; each pass reads the fields it needs. The layout must match
-// `Params` in crates/sage-wgpu/src/params.rs field for field (48 x 4 bytes).
+// `Params` in crates/sage-wgpu/src/params.rs field for field (52 x 4 bytes).
 struct Params {
     // the attention problem (ALGORITHM.md, Shapes)
     batch: u32, heads_q: u32, heads_kv: u32, seq_q: u32,
@@ -22,6 +22,9 @@ struct Params {
     // the keys [kv_start, kv_end) this dispatch of the attention covers; the first dispatch starts the
     // online softmax, the last one finalizes it, the others carry its state through out[state_offset..]
     kv_start: u32, kv_end: u32, chunk_first: u32, chunk_last: u32,
+    // 1 where the adapter's `/` is not IEEE division (hardware GPUs): per-element quotients then
+    // take `div_exact`; software adapters divide exactly already and have a loop budget to keep
+    exact_div: u32, _pad1: u32, _pad2: u32, _pad3: u32,
 }
 
 const MODE_INT4_FP8: u32 = 0u;

@@ -31,6 +31,25 @@ typedef long long i64;
 // The largest padded head dim.
 #define MAX_DP 128
 
+// Which input dtypes get entry points: all three, unless the launcher defines one or more of
+// SAGE_ONLY_F16, SAGE_ONLY_BF16, SAGE_ONLY_F32 (e.g. `-DSAGE_ONLY_F16`) to compile only those,
+// which cuts NVRTC time about threefold (ABI.md, "Compiling").
+#if defined(SAGE_ONLY_F16) || defined(SAGE_ONLY_BF16) || defined(SAGE_ONLY_F32)
+#ifdef SAGE_ONLY_F16
+#define SAGE_WANT_F16 1
+#endif
+#ifdef SAGE_ONLY_BF16
+#define SAGE_WANT_BF16 1
+#endif
+#ifdef SAGE_ONLY_F32
+#define SAGE_WANT_F32 1
+#endif
+#else
+#define SAGE_WANT_F16 1
+#define SAGE_WANT_BF16 1
+#define SAGE_WANT_F32 1
+#endif
+
 // 16 bytes moved as one vector access (ld/st .v4.u32); needs 16-byte aligned addresses.
 struct __align__(16) U32x4 {
     u32 x, y, z, w;

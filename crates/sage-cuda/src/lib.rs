@@ -308,7 +308,8 @@ impl CudaBackend {
 
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
         // SAFETY: every buffer allocated here is fully written by a kernel or a memset before use.
-        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.map_err(|e| {
+        // whole 4-byte words: outputs are poisoned and zero-filled with 32-bit memsets
+        unsafe { self.stream.alloc::<u8>(bytes.max(4).div_ceil(4) * 4) }.map_err(|e| {
             match driver_error("alloc", e) {
                 Error::OutOfMemory { .. } => Error::OutOfMemory {
                     backend: NAME,
@@ -387,17 +388,11 @@ impl CudaBackend {
         let int4 = p.mode == Mode::Int4Fp8;
         let qmax = p.mode.qk_qmax().unwrap_or(127);
         let code_bytes = if int4 { dp / 2 } else { dp };
-        let (chunks_k, nk_pad, nq_pad) =
-            (nk.div_ceil(QT), nk.div_ceil(QT) * QT, nq.div_ceil(QT) * QT);
+        let (nk_pad, nq_pad) = (nk.div_ceil(QT) * QT, nq.div_ceil(QT) * QT);
         let groups_q = scale_groups(p.granularity, Operand::Q, nq);
         let groups_k = scale_groups(p.granularity, Operand::K, nk);
         let gran = Arg::I32(granularity_code(p.granularity));
         let f32s = |n: usize| self.alloc(n * 4);
-        let part = [
-            f32s(b * hk * chunks_k * dp)?,
-            f32s(b * hk * chunks_k * dp)?,
-            f32s(b * hk * chunks_k * dp)?,
-        ];
         let bufs = QuantBuffers {
             km: f32s(b * hk * dp)?,
             vm: if p.smooth_v {
@@ -448,37 +443,23 @@ impl CudaBackend {
                 Arg::I32(dp as i32),
             ]
         };
-        let parts = [self.ptr(&part[0]), self.ptr(&part[1]), self.ptr(&part[2])];
-        // Step 1: km (and, for V, vm and the per-channel FP8 scales)
-        let stats = |x: &CudaSlice<u8>, s: [Arg; 3]| -> Result<()> {
-            let mut args = vec![self.ptr(x), s[0], s[1], s[2]];
-            args.extend(dims(hk, nk));
-            args.extend(parts);
-            self.launch(
-                Module::Quant,
-                &format!("channel_stats_{dt}"),
-                [chunks_k, hk, b],
-                256,
-                &args,
-            )
-        };
-        let finalize = |smooth: bool, mean: Arg, vscale: Arg| -> Result<()> {
-            let mut args = parts.to_vec();
-            args.extend(dims(hk, nk));
-            args.extend([Arg::I32(smooth as i32), mean, vscale]);
-            self.launch(
-                Module::Quant,
-                "channel_stats_finalize",
-                [hk, b, 1],
-                128,
-                &args,
-            )
-        };
-        stats(k.0, ks)?;
-        finalize(true, self.ptr(&bufs.km), NULL)?;
+        // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales, one pass each
+        let stats =
+            |x: &CudaSlice<u8>, s: [Arg; 3], smooth: bool, mean: Arg, vscale: Arg| -> Result<()> {
+                let mut args = vec![self.ptr(x), s[0], s[1], s[2]];
+                args.extend(dims(hk, nk));
+                args.extend([Arg::I32(smooth as i32), mean, vscale]);
+                self.launch(
+                    Module::Quant,
+                    &format!("channel_stats_{dt}"),
+                    [dp / 32, hk, b],
+                    256,
+                    &args,
+                )
+            };
+        stats(k.0, ks, true, self.ptr(&bufs.km), NULL)?;
         if fp8 || p.smooth_v {
-            stats(v.0, vs)?;
-            finalize(p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
+            stats(v.0, vs, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
         }
         // Step 3 for K (with the INT8 copy for dS in INT4 mode), then Steps 2-3 for Q
         let (k8c, k8s) = match &bufs.k8 {

@@ -373,7 +373,7 @@ impl WgpuBackend {
     }
 
     /// The parameter block with the problem's fields filled in.
-    fn base_params(p: &Problem) -> Params {
+    fn base_params(&self, p: &Problem) -> Params {
         Params {
             batch: p.batch as u32,
             heads_q: p.heads_q as u32,
@@ -391,6 +391,7 @@ impl WgpuBackend {
             smooth_v: p.smooth_v as u32,
             rotate: p.rotate as u32,
             want_lse: p.return_lse as u32,
+            exact_div: self.gpu.is_hardware() as u32,
             ..Default::default()
         }
     }
@@ -421,7 +422,7 @@ impl WgpuBackend {
             check_finite: p.mode.is_quantized() as u32,
             threads_x,
             batch: s.batch as u32,
-            ..Self::base_params(p)
+            ..self.base_params(p)
         };
         self.dispatch(
             enc,
@@ -455,7 +456,7 @@ impl WgpuBackend {
             block: block as u32,
             dst_offset: offset,
             threads_x,
-            ..Self::base_params(p)
+            ..self.base_params(p)
         };
         self.dispatch(enc, &self.pipes.block_mean, &params, &[src, aux], groups);
         Ok(())
@@ -593,7 +594,7 @@ impl WgpuBackend {
                 },
                 scale8_offset: layout.k8_scales,
                 emit_int8: (is_k && k8_copy) as u32,
-                ..Self::base_params(p)
+                ..self.base_params(p)
             };
             let grid = self.grid([seq.div_ceil(block as u64), b * heads, 1])?;
             self.dispatch(
@@ -623,7 +624,7 @@ impl WgpuBackend {
                 seq: rows as u32,
                 dst_offset: layout.qm,
                 threads_x,
-                ..Self::base_params(p)
+                ..self.base_params(p)
             };
             self.dispatch(enc, &self.pipes.rotate_rows, &params, &[&aux], groups);
         }
@@ -637,7 +638,7 @@ impl WgpuBackend {
             mean_offset: layout.vm,
             scale_offset: layout.v_scales,
             threads_x,
-            ..Self::base_params(p)
+            ..self.base_params(p)
         };
         self.dispatch(
             enc,
@@ -813,7 +814,7 @@ impl WgpuBackend {
                 off_lse: lse_offset,
                 q_groups: l.q_groups,
                 k_groups: l.k_groups,
-                ..Self::base_params(&p)
+                ..self.base_params(&p)
             };
             let k8 = quant.k8_codes.as_ref().unwrap_or(&quant.k_codes);
             for i in 0..chunks.len() {
@@ -843,7 +844,7 @@ impl WgpuBackend {
             stamp(&mut enc, 1);
             let params = Params {
                 off_lse: lse_offset,
-                ..Self::base_params(&p)
+                ..self.base_params(&p)
             };
             for i in 0..chunks.len() {
                 self.dispatch(
@@ -872,7 +873,7 @@ impl WgpuBackend {
             dtype: dtype_code(p.dtype),
             tensor_layout: layout_code(p.layout),
             threads_x,
-            ..Self::base_params(&p)
+            ..self.base_params(&p)
         };
         self.dispatch(
             &mut enc,

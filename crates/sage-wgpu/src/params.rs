@@ -1,6 +1,6 @@
 //! The uniform block every shader reads (`struct Params` in shaders/common.wgsl), field for field.
 
-/// 48 four-byte fields (192 bytes, a multiple of 16); the order is the WGSL struct's.
+/// 52 four-byte fields (208 bytes, a multiple of 16); the order is the WGSL struct's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Params {
     pub batch: u32,
@@ -51,12 +51,13 @@ pub struct Params {
     pub kv_end: u32,
     pub chunk_first: u32,
     pub chunk_last: u32,
+    pub exact_div: u32,
 }
 
 impl Params {
     /// Little-endian bytes in WGSL order.
     pub fn to_bytes(self) -> Vec<u8> {
-        let words: [u32; 48] = [
+        let words: [u32; 52] = [
             self.batch,
             self.heads_q,
             self.heads_kv,
@@ -105,6 +106,10 @@ impl Params {
             self.kv_end,
             self.chunk_first,
             self.chunk_last,
+            self.exact_div,
+            0,
+            0,
+            0,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }

@@ -1,0 +1,157 @@
+// Host-side emulation of the CUDA features the sage kernels use. Each CTA runs as blockDim real
+// OS threads with real barriers; warp collectives (shuffles, ldmatrix, mma) exchange through
+// per-warp slots. The mma/ldmatrix semantics are written from the PTX ISA fragment tables, independently
+// of the kernels' own assumptions.
+#pragma once
+#include <atomic>
+#include <barrier>
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __CUDA_ARCH__ 900
+#define SAGE_AMALGAMATED 1
+
+struct EmuDim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local EmuDim3 threadIdx, blockIdx;
+inline EmuDim3 gridDim, blockDim;
+
+struct WarpCtx {
+    std::barrier<> bar{32};
+    uint64_t slot[32][16];
+};
+struct CtaCtx {
+    std::unique_ptr<std::barrier<>> cta;
+    WarpCtx warps[8];
+};
+inline thread_local CtaCtx* emu_ctx;
+inline thread_local int emu_lane, emu_warp;
+inline std::mutex emu_atomic_mutex;
+inline std::atomic<long> emu_collectives{0};
+
+inline void __syncthreads() { emu_ctx->cta->arrive_and_wait(); }
+[[noreturn]] inline void __trap() {
+    fprintf(stderr, "__trap\n");
+    abort();
+}
+
+template <class T>
+inline uint64_t emu_bits(T v) {
+    uint64_t b = 0;
+    static_assert(sizeof(T) <= 8);
+    memcpy(&b, &v, sizeof(T));
+    return b;
+}
+template <class T>
+inline T emu_from(uint64_t b) {
+    T v;
+    memcpy(&v, &b, sizeof(T));
+    return v;
+}
+
+// Generic warp exchange: every lane deposits n words, then reads.
+template <class F>
+inline void emu_warp_exchange(const uint64_t* in, int n, F&& read) {
+    WarpCtx& w = emu_ctx->warps[emu_warp];
+    for (int i = 0; i < n; ++i) w.slot[emu_lane][i] = in[i];
+    w.bar.arrive_and_wait();
+    read(w.slot);
+    w.bar.arrive_and_wait();
+    emu_collectives++;
+}
+
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int m) {
+    assert(mask == 0xffffffffu);
+    uint64_t in = emu_bits(v), out = 0;
+    emu_warp_exchange(&in, 1, [&](uint64_t (*s)[16]) { out = s[emu_lane ^ m][0]; });
+    return emu_from<T>(out);
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src) {
+    assert(mask == 0xffffffffu);
+    uint64_t in = emu_bits(v), out = 0;
+    emu_warp_exchange(&in, 1, [&](uint64_t (*s)[16]) { out = s[src & 31][0]; });
+    return emu_from<T>(out);
+}
+inline int __any_sync(unsigned mask, int pred) {
+    assert(mask == 0xffffffffu);
+    uint64_t in = pred != 0, out = 0;
+    emu_warp_exchange(&in, 1, [&](uint64_t (*s)[16]) {
+        for (int l = 0; l < 32; ++l) out |= s[l][0];
+    });
+    return (int)out;
+}
+
+inline int atomicMin(int* p, int v) {
+    std::lock_guard<std::mutex> g(emu_atomic_mutex);
+    int old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+
+inline int __float2int_rn(float x) {
+    if (std::isnan(x)) return 0;
+    double r = std::nearbyint((double)x);
+    if (r > 2147483647.0) return 2147483647;
+    if (r < -2147483648.0) return (-2147483647 - 1);
+    return (int)r;
+}
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __int_as_float(int x) { return emu_from<float>((uint32_t)x); }
+inline float __uint_as_float(unsigned x) { return emu_from<float>(x); }
+inline unsigned __float_as_uint(float x) { return (unsigned)emu_bits(x); }
+using std::isfinite;
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+
+// ---- shared memory addresses: offsets from a base below every static ------------------------------
+inline char emu_anchor;
+inline uintptr_t emu_smem_base() { return (uintptr_t)&emu_anchor - 0x40000000ull; }
+inline void* emu_smem_ptr(uint32_t a) { return (void*)(emu_smem_base() + a); }
+
+// ---- launching ---------------------------------------------------------------------------------------
+// Runs fn once per thread of every CTA of the grid, one CTA at a time.
+inline void emu_launch(EmuDim3 grid, EmuDim3 block, const std::function<void()>& fn) {
+    gridDim = grid;
+    blockDim = block;
+    const int nt = block.x * block.y * block.z;
+    assert(nt % 32 == 0 && nt <= 256);
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                CtaCtx ctx;
+                ctx.cta = std::make_unique<std::barrier<>>(nt);
+                std::vector<std::thread> th;
+                for (int t = 0; t < nt; ++t) {
+                    th.emplace_back([&, t] {
+                        threadIdx = EmuDim3{(unsigned)t, 0, 0};
+                        blockIdx = EmuDim3{x, y, z};
+                        emu_ctx = &ctx;
+                        emu_lane = t % 32;
+                        emu_warp = t / 32;
+                        fn();
+                    });
+                }
+                for (auto& t : th) t.join();
+            }
+}
