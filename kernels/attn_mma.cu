@@ -38,6 +38,11 @@
 // groups of 4 banks, so no bank conflicts; the padding keeps every row 16-byte aligned for cp.async.
 #define ROW_PAD_WORDS 4
 
+// int -> float for |n| < 2^22 without the (quarter-rate) I2F unit: the f32 with bits
+// 0x4B400000 + n is exactly 1.5 * 2^23 + n (the ulp is 1 there), so subtracting 1.5 * 2^23 gives n
+// exactly, the same value as (float)n. |dot| <= 128 * 127^2 < 2^21 for INT8 codes (INT4 less).
+SAGE_DEVICE float int_to_float_exact(int n) { return __fsub_rn(__int_as_float(0x4B400000 + n), 12582912.0f); }
+
 template <int QBITS, bool PV_FP8, int DP, class OUT>
 SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restrict__ q_scales,
                             const u8* __restrict__ k_codes, const float* __restrict__ k_scales,
@@ -206,13 +211,12 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             }
             // Dequantize exactly as the CPU: ((dot * sq) * sk) (+ dS), then * sm_scale * log2(e);
             // the _rn intrinsics keep the compiler from contracting these into FMAs.
-            // |dot| <= 128 * 127^2 < 2^24, so the int -> float conversion is exact.
             const float sk = k_scales[khead * groups_k + j * ksubs + (gran == GRAN_PER_THREAD ? t : 0)];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float v = __fmul_rn(__fmul_rn((float)acc[nt][e], sq), sk);
+                    float v = __fmul_rn(__fmul_rn(int_to_float_exact(acc[nt][e]), sq), sk);
                     if (smooth) v = __fadd_rn(v, s_ds[8 * nt + 2 * t + (e & 1)]);
                     s[nt][e] = __fmul_rn(v, logit_scale);
                 }

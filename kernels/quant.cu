@@ -91,27 +91,22 @@ SAGE_DEVICE void copy_out_16(const u8* stage, u8* dst, int bytes) {
         *(U32x4*)(dst + i) = *(const U32x4*)(stage + i);
 }
 
-// Row absmax of every tile row into `rowmax` (0 for padding rows).
-SAGE_DEVICE void tile_row_amax(const float (&x)[ROWS_PER_WARP][4], int warp, int lane, float* rowmax) {
+// Group absmax of the tile: every row's absmax (a warp reduction) is max-ed into its scale
+// group's slot of `gmax` (tile-local group index) by the row's lane 0. The slots hold f32 bit
+// patterns: for values >= 0 (and +inf) the unsigned integer order is the float order, so an
+// integer atomicMax is an exact float max, in any order. fmaxf ignores NaN, like the CPU's
+// f32::max, so the row maxima are never NaN. `gmax` must be zeroed before (a barrier between).
+SAGE_DEVICE void tile_group_amax(const float (&x)[ROWS_PER_WARP][4], int warp, int lane, int gran, bool is_q,
+                                 u32* gmax) {
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
         float a = 0.0f;
 #pragma unroll
         for (int e = 0; e < 4; ++e) a = fmaxf(a, fabsf(x[r][e]));
         a = warp_max(a);
-        if (lane == 0) rowmax[warp * ROWS_PER_WARP + r] = a;
+        const int lr = warp * ROWS_PER_WARP + r;
+        if (lane == 0) atomicMax(&gmax[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)], __float_as_uint(a));
     }
-}
-
-// amax of the tile's scale group `i` (tile-local index), from the row maxima. A tile is aligned
-// to every group block, so tile-local row lr has tile-local group q/k_scale_group(gran, lr).
-SAGE_DEVICE float group_amax(const float* rowmax, int gran, bool is_q, int i) {
-    float amax = 0.0f;
-    for (int lr = 0; lr < QUANT_TOKENS; ++lr) {
-        const int grp = is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr);
-        if (grp == i) amax = fmaxf(amax, rowmax[lr]);
-    }
-    return amax;
 }
 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
@@ -214,15 +209,18 @@ template <class DT>
 SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
                             const float* km, int gran, int qmax, int rotate, u8* codes, float* scales,
                             i8* codes8, float* scales8, int* nonfinite) {
-    __shared__ float s_rowmax[QUANT_TOKENS];
+    __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
     __shared__ float s_ginv8[32];
+    // INT4 codes need only half of s_codes; the INT8 copy (INT4 mode only) has its own buffer.
     __shared__ __align__(16) u8 s_codes[QUANT_TOKENS * MAX_DP];
+    __shared__ __align__(16) u8 s_codes8[QUANT_TOKENS * MAX_DP];
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = k + (i64)b * sb + (i64)h * sh;
+    if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     float kmv[4];
     load_channel_vec(km + head * Dp, Dp, lane, 0.0f, kmv);
@@ -244,7 +242,8 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; ++r) fwht_row(x[r], Dp, lane);
     }
-    tile_row_amax(x, warp, lane, s_rowmax);
+    __syncthreads();
+    tile_group_amax(x, warp, lane, gran, false, s_gmax);
     __syncthreads();
 
     const GroupShape gs = k_group_shape(gran);
@@ -253,7 +252,7 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     const int g0 = (t0 / gs.block) * gs.subs;
     if ((int)threadIdx.x < tile_groups) {
         const int i = threadIdx.x;
-        const float amax = group_amax(s_rowmax, gran, false, i);
+        const float amax = __uint_as_float(s_gmax[i]);
         s_ginv[i] = quant_inv(amax, qmax);
         s_ginv8[i] = quant_inv(amax, 127);
         if (g0 + i < total) {
@@ -266,15 +265,11 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     const int npad = round_up(N, QUANT_TOKENS);
     const int row_bytes = qmax == 7 ? Dp / 2 : Dp;
     stage_codes(x, warp, lane, Dp, qmax, gran, false, s_ginv, s_codes);
+    // Step 2: the INT8 codes of K' for dS, made by the same pass (INT4 mode with smooth_q).
+    if (codes8 != nullptr) stage_codes(x, warp, lane, Dp, 127, gran, false, s_ginv8, s_codes8);
     __syncthreads();
     copy_out_16(s_codes, codes + (head * npad + t0) * row_bytes, QUANT_TOKENS * row_bytes);
-    if (codes8 != nullptr) {
-        // Step 2: the INT8 codes of K' for dS, made by the same pass (INT4 mode with smooth_q).
-        __syncthreads();
-        stage_codes(x, warp, lane, Dp, 127, gran, false, s_ginv8, s_codes);
-        __syncthreads();
-        copy_out_16(s_codes, (u8*)codes8 + (head * npad + t0) * Dp, QUANT_TOKENS * Dp);
-    }
+    if (codes8 != nullptr) copy_out_16(s_codes8, (u8*)codes8 + (head * npad + t0) * Dp, QUANT_TOKENS * Dp);
 }
 
 // ---- quantize_q: Steps 2 (smooth_q), 2b, 3, and q.km for the log-sum-exp -----------------------
@@ -284,7 +279,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
                             int rotate, u8* codes, float* scales, int* nonfinite) {
     __shared__ float s_carry[MAX_DP];
     __shared__ float s_mean[MAX_DP];
-    __shared__ float s_rowmax[QUANT_TOKENS];
+    __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
     __shared__ __align__(16) u8 s_codes[QUANT_TOKENS * MAX_DP];
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -292,6 +287,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = q + (i64)b * sb + (i64)h * sh;
+    if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     // km of the K/V head this query head reads (GQA), for q.km with the ORIGINAL q (Step 1).
     float kmv[4];
@@ -364,7 +360,8 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; ++r) fwht_row(x[r], Dp, lane);
     }
-    tile_row_amax(x, warp, lane, s_rowmax);
+    __syncthreads();
+    tile_group_amax(x, warp, lane, gran, true, s_gmax);
     __syncthreads();
 
     const GroupShape gs = q_group_shape(gran);
@@ -373,7 +370,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     const int g0 = (t0 / gs.block) * gs.subs;
     if ((int)threadIdx.x < tile_groups) {
         const int i = threadIdx.x;
-        const float amax = group_amax(s_rowmax, gran, true, i);
+        const float amax = __uint_as_float(s_gmax[i]);
         s_ginv[i] = quant_inv(amax, qmax);
         if (g0 + i < total) scales[head * total + g0 + i] = quant_scale(amax, qmax);
     }
@@ -480,14 +477,14 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                                int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
         channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out);    \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
+    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, const float* km, int granularity, int qmax, int rotate, u8* codes,    \
                             float* scales, i8* codes8, float* scales8, int* nonfinite) {                  \
         quantize_k<DT>(k, stride_b, stride_h, stride_n, H, N, D, Dp, km, granularity, qmax, rotate, codes, \
                        scales, codes8, scales8, nonfinite);                                               \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
+    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_q_##SUFFIX(const DT::T* q, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, int Hkv, const float* km, float* qkm, int smooth_q, float* qm,        \
                             int granularity, int qmax, int rotate, u8* codes, float* scales,              \
@@ -495,12 +492,12 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         quantize_q<DT>(q, stride_b, stride_h, stride_n, H, N, D, Dp, Hkv, km, qkm, smooth_q, qm,          \
                        granularity, qmax, rotate, codes, scales, nonfinite);                              \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
+    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_e4m3_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
                                  int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite) { \
         quantize_v_e4m3<DT>(v, stride_b, stride_h, stride_n, H, N, D, Dp, vm, sv, vt, nonfinite);          \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 1)                                         \
+    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_f16_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,   \
                                 int D, int Dp, const float* vm, u16* vt, int* nonfinite) {                \
         quantize_v_f16<DT>(v, stride_b, stride_h, stride_n, H, N, D, Dp, vm, vt, nonfinite);               \

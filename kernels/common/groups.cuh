@@ -21,44 +21,48 @@
 #define GRAN_PER_THREAD 2
 
 struct GroupShape {
-    int block;  // tokens per outer group
+    int block;  // tokens per outer group (a power of two)
+    int shift;  // log2(block)
     int subs;   // sub-scales inside it
 };
 
 SAGE_DEVICE GroupShape q_group_shape(int gran) {
     GroupShape s;
-    s.block = gran == GRAN_PER_BLOCK ? 128 : 32;
+    s.shift = gran == GRAN_PER_BLOCK ? 7 : 5;
+    s.block = 1 << s.shift;
     s.subs = gran == GRAN_PER_THREAD ? 8 : 1;
     return s;
 }
 
 SAGE_DEVICE GroupShape k_group_shape(int gran) {
     GroupShape s;
+    s.shift = 6;
     s.block = 64;
     s.subs = gran == GRAN_PER_THREAD ? 4 : 1;
     return s;
 }
 
-SAGE_DEVICE int q_sub_group(int gran, int t) { return gran == GRAN_PER_THREAD ? t % 8 : 0; }
-SAGE_DEVICE int k_sub_group(int gran, int t) { return gran == GRAN_PER_THREAD ? (t % 8) / 2 : 0; }
+SAGE_DEVICE int q_sub_group(int gran, int t) { return gran == GRAN_PER_THREAD ? (t & 7) : 0; }
+SAGE_DEVICE int k_sub_group(int gran, int t) { return gran == GRAN_PER_THREAD ? ((t & 7) >> 1) : 0; }
 
-// The scale group of token t (also valid for a token index local to a QUANT_TOKENS-aligned tile,
-// since every block size divides QUANT_TOKENS and the sub-group depends on t % 8 only).
+// The scale group of token t >= 0 (also valid for a token index local to a QUANT_TOKENS-aligned
+// tile, since every block size divides QUANT_TOKENS and the sub-group depends on t % 8 only).
+// Shifts, not divisions: the block sizes are powers of two.
 SAGE_DEVICE int q_scale_group(int gran, int t) {
-    GroupShape s = q_group_shape(gran);
-    return (t / s.block) * s.subs + q_sub_group(gran, t);
+    const GroupShape s = q_group_shape(gran);
+    return (t >> s.shift) * s.subs + q_sub_group(gran, t);
 }
 SAGE_DEVICE int k_scale_group(int gran, int t) {
-    GroupShape s = k_group_shape(gran);
-    return (t / s.block) * s.subs + k_sub_group(gran, t);
+    const GroupShape s = k_group_shape(gran);
+    return (t >> s.shift) * s.subs + k_sub_group(gran, t);
 }
 
 SAGE_DEVICE int q_scale_groups(int gran, int n) {
-    GroupShape s = q_group_shape(gran);
+    const GroupShape s = q_group_shape(gran);
     return ceil_div(n, s.block) * s.subs;
 }
 SAGE_DEVICE int k_scale_groups(int gran, int n) {
-    GroupShape s = k_group_shape(gran);
+    const GroupShape s = k_group_shape(gran);
     return ceil_div(n, s.block) * s.subs;
 }
 

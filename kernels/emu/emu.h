@@ -106,6 +106,13 @@ inline int atomicMin(int* p, int v) {
     return old;
 }
 
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+    std::lock_guard<std::mutex> g(emu_atomic_mutex);
+    unsigned old = *p;
+    if (v > old) *p = v;
+    return old;
+}
+
 inline int __float2int_rn(float x) {
     if (std::isnan(x)) return 0;
     double r = std::nearbyint((double)x);
@@ -116,6 +123,7 @@ inline int __float2int_rn(float x) {
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __int_as_float(int x) { return emu_from<float>((uint32_t)x); }
 inline float __uint_as_float(unsigned x) { return emu_from<float>(x); }
 inline unsigned __float_as_uint(float x) { return (unsigned)emu_bits(x); }

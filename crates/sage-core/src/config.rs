@@ -239,13 +239,17 @@ pub const CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// `SAGE_*` variables that belong to a backend or the test harness, not to the config layers.
-pub const ENV_PASSTHROUGH: [&str; 6] = [
+pub const ENV_PASSTHROUGH: [&str; 10] = [
     "SAGE_WGPU_ADAPTER",
     "SAGE_CUDA_CACHE_DIR",
     "SAGE_CUDA_DEVICE",
+    "SAGE_CUDA_POISON",
+    "SAGE_NVRTC_DIR",
     "SAGE_REQUIRE",
     "SAGE_SEED",
     "SAGE_REAL_QKV",
+    "SAGE_BENCH_N",
+    "SAGE_BENCH_BACKENDS",
 ];
 
 /// One layer of settings: each key set or not.
