@@ -128,61 +128,73 @@ SAGE_DEVICE int v8_slot(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8
 // scales by several ulp on data with large channel means.) A sequential sum is a dependent chain
 // of N additions per channel; it is kept fed by the other warps of the CTA:
 //   CTA = one (b, h) and 32 channels c0..c0+31. Warp 0 lane l owns channel c0 + l and adds up
-//   chunk i of STATS_CHUNK tokens from shared memory while warps 1-7 load chunk i+1 into the other
-//   buffer; one barrier per chunk.
+//   chunk i (16 KiB of input: 256 tokens of f16/bf16, 128 of f32) from shared memory while warps
+//   1-7 load chunk i+1 into the other buffer; one barrier per chunk.
 // With `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where amax = max_n |V'[n,c]|; for
 // V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction is monotonic, so the
 // largest |fl(v - vm)| is reached at vmax or at vmin.
 #define STATS_THREADS 256
-#define STATS_CHUNK 128
 #define STATS_LOADERS (STATS_THREADS - 32)
+// Bytes of one staged chunk: the tokens of a chunk are stored in the input type, so f16/bf16 chunks
+// hold twice the tokens of f32 ones (more bytes in flight per loader for the same shared memory).
+#define STATS_CHUNK_BYTES 16384
 
-// Loader warps: all of a chunk's loads are issued before the first store, so a chunk costs one
-// memory round trip (STATS_LOAD_PER loads in flight per thread), not one per element.
-#define STATS_LOAD_PER ((STATS_CHUNK * 32 + STATS_LOADERS - 1) / STATS_LOADERS)
 template <class DT>
-SAGE_DEVICE void stats_load_chunk(float (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N, int c0, int D) {
+struct StatsChunk {
+    typedef typename DT::T T;
+    static constexpr int TOKENS = STATS_CHUNK_BYTES / (32 * (int)sizeof(T));  // 256 (16-bit) or 128 (f32)
+    // Loader warps: all of a chunk's loads are issued before the first store, so a chunk costs
+    // one memory round trip (LOAD_PER loads in flight per thread), not one per element.
+    static constexpr int LOAD_PER = (TOKENS * 32 + STATS_LOADERS - 1) / STATS_LOADERS;
+};
+
+template <class DT>
+SAGE_DEVICE void stats_load_chunk(typename DT::T (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N,
+                                  int c0, int D) {
+    typedef StatsChunk<DT> C;
     // Loader li always reads channel c0 + li % 32 (STATS_LOADERS is a multiple of 32) of tokens
     // n0 + li / 32 + k * (STATS_LOADERS / 32): a warp reads 32 consecutive channels of one token.
     const int li = threadIdx.x - 32;
     const int cl = li % 32, r0 = li / 32;
     const bool c_ok = c0 + cl < D;
-    float v[STATS_LOAD_PER];
+    typename DT::T v[C::LOAD_PER];
 #pragma unroll
-    for (int k = 0; k < STATS_LOAD_PER; ++k) {
+    for (int k = 0; k < C::LOAD_PER; ++k) {
         const int r = r0 + k * (STATS_LOADERS / 32);
         const int n = n0 + r;
-        v[k] = (r < STATS_CHUNK && n < N && c_ok) ? DT::load(base[(i64)n * sn + c0 + cl]) : 0.0f;
+        v[k] = (r < C::TOKENS && n < N && c_ok) ? base[(i64)n * sn + c0 + cl] : (typename DT::T)0;
     }
 #pragma unroll
-    for (int k = 0; k < STATS_LOAD_PER; ++k) {
+    for (int k = 0; k < C::LOAD_PER; ++k) {
         const int r = r0 + k * (STATS_LOADERS / 32);
-        if (r < STATS_CHUNK) buf[r][cl] = v[k];
+        if (r < C::TOKENS) buf[r][cl] = v[k];
     }
 }
 
 template <class DT>
 SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
                                int smooth, float* mean_out, float* vscale_out) {
-    __shared__ float s_buf[2][STATS_CHUNK][32];
+    typedef typename DT::T T;
+    typedef StatsChunk<DT> C;
+    __shared__ __align__(16) T s_buf[2][C::TOKENS][32];
     const int c0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const i64 head = (i64)b * H + h;
-    const typename DT::T* base = x + (i64)b * sb + (i64)h * sh;
-    const int chunks = ceil_div(N, STATS_CHUNK);
+    const T* base = x + (i64)b * sb + (i64)h * sh;
+    const int chunks = ceil_div(N, C::TOKENS);
 
     float sum = 0.0f, mx = neg_inf(), mn = pos_inf();
     if (warp != 0) stats_load_chunk<DT>(s_buf[0], base, sn, 0, N, c0, D);
     __syncthreads();
     for (int i = 0; i < chunks; ++i) {
         if (warp != 0) {
-            if (i + 1 < chunks) stats_load_chunk<DT>(s_buf[(i + 1) & 1], base, sn, (i + 1) * STATS_CHUNK, N, c0, D);
+            if (i + 1 < chunks) stats_load_chunk<DT>(s_buf[(i + 1) & 1], base, sn, (i + 1) * C::TOKENS, N, c0, D);
         } else {
-            const int rows = min(STATS_CHUNK, N - i * STATS_CHUNK);
-            const float(*buf)[32] = s_buf[i & 1];
+            const int rows = min(C::TOKENS, N - i * C::TOKENS);
+            const T(*buf)[32] = s_buf[i & 1];
 #pragma unroll 8
             for (int r = 0; r < rows; ++r) {
-                const float v = buf[r][lane];
+                const float v = DT::load(buf[r][lane]);  // channels >= D were staged as 0
                 sum = sum + v;  // the CPU's order: ((0 + x0) + x1) + ...
                 mx = fmaxf(mx, v);
                 mn = fminf(mn, v);

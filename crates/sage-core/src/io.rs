@@ -94,9 +94,15 @@ pub fn load_qkv(path: &Path) -> Result<QkvFile> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_qkv(&bytes, path)
+}
+
+/// Parses the bytes of a q/k/v safetensors file (`path` only names it in errors). Never panics,
+/// whatever the bytes: the fuzz target `fuzz_safetensors` holds it to that.
+pub fn parse_qkv(bytes: &[u8], path: &Path) -> Result<QkvFile> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| format_err(path, format!("not a valid safetensors file: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format_err(path, format!("not a valid safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let layout = match meta.get("layout") {
