@@ -11,6 +11,7 @@ mkdir -p corpus/fuzz_safetensors corpus/fuzz_config
 # seed the safetensors corpus with a real capture when the shared data is there
 seed=../../shared/data/real-qkv/minilm_p00_l0.safetensors
 [ -f "$seed" ] && cp "$seed" corpus/fuzz_safetensors/
+cargo fuzz build -O
 for target in fuzz_safetensors fuzz_config; do
   cargo fuzz run -O "$target" -- -max_total_time="$secs" -max_len=20000 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" || true
   # libFuzzer leaves a crash-* file and a non-zero status on any failure
