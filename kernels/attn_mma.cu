@@ -66,9 +66,16 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     constexpr int CT = DP / 8;  // 8-channel slices of O
     constexpr int NT = S_NTILES;
     typedef typename OUT::T OutT;
+    // INT8-FP8: K and V tiles are double-buffered (39.7 KiB for Dp = 128, under the 48 KiB static
+    // limit), so each tile's copy is issued one whole KV tile ahead of its use. The other modes
+    // (f16 V^T is twice as large; INT4 carries an INT8 twin of K) keep one buffer of each, where K_{j+1}
+    // overlaps only the pv of tile j and V_j only the scores of tile j.
+    constexpr bool DB = QBITS == 8 && PV_FP8;
+    constexpr int STAGES = DB ? 2 : 1;
+    constexpr int K_STAGE_BYTES = KV_TILE * KROW * 4, V_STAGE_BYTES = DP * VROW * 4;
 
-    __shared__ __align__(16) u32 s_k[KV_TILE * KROW];
-    __shared__ __align__(16) u32 s_v[DP * VROW];
+    __shared__ __align__(16) u32 s_k[STAGES * KV_TILE * KROW];
+    __shared__ __align__(16) u32 s_v[STAGES * DP * VROW];
     __shared__ __align__(16) u32 s_k8[QBITS == 4 ? KV_TILE * K8ROW : 4];
     __shared__ float s_qm[DP];
     __shared__ float s_ds[KV_TILE];
@@ -119,12 +126,19 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     const u32* vw = (const u32*)v_data + khead * DP * v_row_words;
     const u32 s_k_base = smem_addr(s_k), s_v_base = smem_addr(s_v);
 
+    const int key_end = tile_key_end(q0, Q_TILE, Nq, Nk, is_causal);
+    const int n_tiles = key_end > 0 ? ceil_div(key_end, KV_TILE) : 0;
+
     // The K tile (and its INT8 twin) is a contiguous block of the padded code buffer.
-    auto load_k = [&](int j) {
+    auto load_k = [&](int j, int slot) {
         const u32* src = kw + (i64)j * KV_TILE * W;
-        for (int i = tid; i < KV_TILE * (W / 4); i += ATT_THREADS) {
+        const u32 dst = s_k_base + slot * K_STAGE_BYTES;
+        static_assert(KV_TILE * (W / 4) % ATT_THREADS == 0, "whole K copy rounds");
+#pragma unroll
+        for (int it = 0; it < KV_TILE * (W / 4) / ATT_THREADS; ++it) {
+            const int i = tid + it * ATT_THREADS;
             const int r = i / (W / 4), ch = i % (W / 4);
-            cp_async_16(s_k_base + (r * KROW + ch * 4) * 4, src + r * W + ch * 4);
+            cp_async_16(dst + (r * KROW + ch * 4) * 4, src + r * W + ch * 4);
         }
         if (QBITS == 4 && smooth) {
             const u32* src8 = k8w + (i64)j * KV_TILE * K8W;
@@ -135,15 +149,37 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
         }
     };
     // V^T: DP rows of the padded [Dp, Npad] matrix, columns [64j, 64j + 64).
-    auto load_v = [&](int j) {
-        for (int i = tid; i < DP * (VW / 4); i += ATT_THREADS) {
+    auto load_v = [&](int j, int slot) {
+        const u32 dst = s_v_base + slot * V_STAGE_BYTES;
+        static_assert(DP * (VW / 4) % ATT_THREADS == 0, "whole V copy rounds");
+#pragma unroll
+        for (int it = 0; it < DP * (VW / 4) / ATT_THREADS; ++it) {
+            const int i = tid + it * ATT_THREADS;
             const int c = i / (VW / 4), ch = i % (VW / 4);
-            cp_async_16(s_v_base + (c * VROW + ch * 4) * 4, vw + (i64)c * v_row_words + j * VW + ch * 4);
+            cp_async_16(dst + (c * VROW + ch * 4) * 4, vw + (i64)c * v_row_words + j * VW + ch * 4);
         }
     };
-
-    const int key_end = tile_key_end(q0, Q_TILE, Nq, Nk, is_causal);
-    const int n_tiles = key_end > 0 ? ceil_div(key_end, KV_TILE) : 0;
+    // The K scale of tile j for this lane (one per lane for every granularity).
+    auto load_sk = [&](int j) { return k_scales[khead * groups_k + j * ksubs + (gran == GRAN_PER_THREAD ? t : 0)]; };
+    // (C): V_j has landed and every warp is done with K_j (and dS); start the next copy. DB: pending
+    // are V_j then K_{j+1}; V_{j+1} goes into the slot V_{j-1} left (free since (A) of tile j).
+    // Single buffer: K_{j+1} into the only K slot. Empty groups are committed on the last tile so
+    // the wait_group counts stay uniform.
+    auto stage_c = [&](int j, int slot) {
+        if (DB) {
+            cp_async_wait_group<1>();
+            __syncthreads();
+            if (j + 1 < n_tiles) load_v(j + 1, slot ^ 1);
+            cp_async_commit();
+        } else {
+            cp_async_wait_all();
+            __syncthreads();
+            if (j + 1 < n_tiles) {
+                load_k(j + 1, 0);
+                cp_async_commit();
+            }
+        }
+    };
 
     OnlineSoftmax<NT> sm;
     sm.init();
@@ -151,20 +187,38 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 #pragma unroll
     for (int ct = 0; ct < CT; ++ct) o[ct][0] = o[ct][1] = o[ct][2] = o[ct][3] = 0.0f;
 
+    float sk_next = 0.0f;
     if (n_tiles > 0) {
-        load_k(0);
+        load_k(0, 0);
         cp_async_commit();
+        if (DB) {
+            load_v(0, 0);
+            cp_async_commit();
+        }
+        sk_next = load_sk(0);
     }
     for (int j = 0; j < n_tiles; ++j) {
-        cp_async_wait_all();
-        __syncthreads();  // (A): K_j landed for everyone; every warp is done with V_{j-1}
-        load_v(j);
-        cp_async_commit();
+        const int slot = DB ? (j & 1) : 0;
+        const u32 k_tile = s_k_base + slot * K_STAGE_BYTES, v_tile = s_v_base + slot * V_STAGE_BYTES;
+        // The K scale is fetched one tile ahead: its global-load latency is off the scores' path.
+        const float sk = sk_next;
+        if (j + 1 < n_tiles) sk_next = load_sk(j + 1);
+        if (DB) {
+            cp_async_wait_group<1>();  // pending were K_j, V_j: K_j landed
+            __syncthreads();  // (A): K_j landed for everyone; every warp is done with K_{j-1}, V_{j-1}
+            if (j + 1 < n_tiles) load_k(j + 1, slot ^ 1);
+            cp_async_commit();
+        } else {
+            cp_async_wait_all();
+            __syncthreads();  // (A): K_j landed for everyone; every warp is done with V_{j-1}
+            load_v(j, 0);
+            cp_async_commit();
+        }
 
         if (smooth) {
             // dS[n] = sum_d qm[d] * c8k[n, d] * s8k(n) (Step 2), for the 64 keys of this tile: warp w
             // takes keys 16w..16w+15, two lanes per key, half of the channels each.
-            const u32* k8s = QBITS == 8 ? s_k : s_k8;  // INT8 mode: the K codes are the INT8 codes
+            const u32* k8s = QBITS == 8 ? s_k + slot * (KV_TILE * KROW) : s_k8;  // INT8: the K codes are the INT8 codes
             constexpr int K8S = QBITS == 8 ? KROW : K8ROW;
             constexpr int HALF = DP / 8;  // words per half row
             const int key = warp * 16 + lane / 2, half = lane % 2;
@@ -199,7 +253,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                     // matrices: (n-tile 2jp, words 8ks..+3), (2jp, 8ks+4..+7), (2jp+1, ...), (2jp+1, ...)
                     const int key = 16 * jp + (lane / 16) * 8 + (lane % 8);
                     u32 bf[4];
-                    ldmatrix_x4(bf, s_k_base + (key * KROW + 8 * ks + ((lane / 8) % 2) * 4) * 4);
+                    ldmatrix_x4(bf, k_tile + (key * KROW + 8 * ks + ((lane / 8) % 2) * 4) * 4);
                     if (QBITS == 8) {
                         mma_s8(acc[2 * jp], qf[ks], bf[0], bf[1]);
                         mma_s8(acc[2 * jp + 1], qf[ks], bf[2], bf[3]);
@@ -211,7 +265,6 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             }
             // Dequantize exactly as the CPU: ((dot * sq) * sk) (+ dS), then * sm_scale * log2(e);
             // the _rn intrinsics keep the compiler from contracting these into FMAs.
-            const float sk = k_scales[khead * groups_k + j * ksubs + (gran == GRAN_PER_THREAD ? t : 0)];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -257,17 +310,12 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                 pf[ks][3] = pack4_e4m3(E4M3_MAX * s[a + 2][2], E4M3_MAX * s[a + 2][3], E4M3_MAX * s[a + 3][2],
                                        E4M3_MAX * s[a + 3][3]);
             }
-            cp_async_wait_all();
-            __syncthreads();  // (C): V_j landed; every warp is done with K_j and dS
-            if (j + 1 < n_tiles) {
-                load_k(j + 1);
-                cp_async_commit();
-            }
+            stage_c(j, slot);  // (C): V_j landed; every warp is done with K_j and dS
 #pragma unroll
             for (int ct = 0; ct < CT; ++ct) {
                 // channels 8ct..8ct+7: matrices = word groups 0-3, 4-7 (k-step 0), 8-11, 12-15 (k-step 1)
                 u32 vb[4];
-                ldmatrix_x4(vb, s_v_base + ((8 * ct + lane % 8) * VROW + (lane / 8) * 4) * 4);
+                ldmatrix_x4(vb, v_tile + ((8 * ct + lane % 8) * VROW + (lane / 8) * 4) * 4);
                 float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // this tile's own accumulator
                 mma_e4m3(f, pf[0], vb[0], vb[1]);
                 mma_e4m3(f, pf[1], vb[2], vb[3]);
@@ -290,12 +338,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                 pf[ks][2] = pack_f16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
                 pf[ks][3] = pack_f16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
             }
-            cp_async_wait_all();
-            __syncthreads();  // (C)
-            if (j + 1 < n_tiles) {
-                load_k(j + 1);
-                cp_async_commit();
-            }
+            stage_c(j, slot);  // (C)
 #pragma unroll
             for (int ct = 0; ct < CT; ++ct) {
                 float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -303,7 +346,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                 for (int kp = 0; kp < 2; ++kp) {
                     // 16-byte chunks 4kp..4kp+3 of the channel rows = k-steps 2kp (b0, b1), 2kp+1 (b0, b1)
                     u32 vb[4];
-                    ldmatrix_x4(vb, s_v_base + ((8 * ct + lane % 8) * VROW + (4 * kp + lane / 8) * 4) * 4);
+                    ldmatrix_x4(vb, v_tile + ((8 * ct + lane % 8) * VROW + (4 * kp + lane / 8) * 4) * 4);
                     mma_f16(f, pf[2 * kp], vb[0], vb[1]);
                     mma_f16(f, pf[2 * kp + 1], vb[2], vb[3]);
                 }

@@ -161,6 +161,21 @@ fn e4m3_encode(x: f32) -> u32 {
     return sign | min(code, 0x7eu);
 }
 
+// True when the E4M3 rounding of `x` is within a hair of a tie, where a quotient that is a few ulp
+// off (WGSL division on NVIDIA) could round the other way.
+fn e4m3_near_tie(x: f32) -> bool {
+    let a = abs(x);
+    if (a >= 448.0) {
+        return false;
+    }
+    var t = a * 512.0;
+    if (a >= 0.015625) {
+        let e = i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127;
+        t = ldexp(a, 3 - e);
+    }
+    return abs(fract(t) - 0.5) < 1e-4;
+}
+
 // One element of a raw input buffer (dtype bits packed in u32 words) widened to f32; exact.
 fn load_element(word: u32, index: u32, dtype: u32) -> f32 {
     if (dtype == DTYPE_F32) {

@@ -52,7 +52,12 @@ fn quantize_v(@builtin(global_invocation_id) gid: vec3<u32>) {
         let x = vec4<f32>(src[base], src[base + 1u], src[base + 2u], src[base + 3u]) - vm;
         var word = 0u;
         for (var k = 0u; k < 4u; k++) {
-            word |= e4m3_encode(x[k] / scale[k]) << (8u * k);
+            var v = x[k] / scale[k];
+            // re-divide exactly only near a rounding tie (rare), and only where `/` is inexact
+            if (P.exact_div != 0u && e4m3_near_tie(v)) {
+                v = div_exact(x[k], scale[k]);
+            }
+            word |= e4m3_encode(v) << (8u * k);
         }
         codes[(bh * P.seq + n) * (dp / 4u) + c4] = word;
     }

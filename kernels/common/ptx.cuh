@@ -135,6 +135,11 @@ SAGE_DEVICE void cp_async_16(u32 smem, const void* gmem) {
 }
 SAGE_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 SAGE_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// Wait until at most N of this thread's most recently committed groups are still in flight.
+template <int N>
+SAGE_DEVICE void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 // ---- fast math -----------------------------------------------------------------------------------
 // 2^x with the hardware approximation (relative error ~2^-22; ALGORITHM.md allows exp2 to differ

@@ -198,5 +198,7 @@ SAGE_DEVICE void cp_async_16(u32 smem, const void* gmem) {
 }
 SAGE_DEVICE void cp_async_commit() {}
 SAGE_DEVICE void cp_async_wait_all() {}
+template <int N>
+SAGE_DEVICE void cp_async_wait_group() {}
 
 SAGE_DEVICE float ex2(float x) { return std::exp2(x); }
