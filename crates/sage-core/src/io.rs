@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::{SafeTensors, serialize};
 
@@ -57,26 +56,10 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, layout: Layout, path: &Path) ->
         _ => dims,
     };
     let shape = Shape::from_dims(dims, layout);
-    let bytes = view.data();
-    let storage = match view.dtype() {
-        Dtype::F16 => Storage::F16(
-            bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        ),
-        Dtype::BF16 => Storage::BF16(
-            bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        ),
-        Dtype::F32 => Storage::F32(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+    let dtype = match view.dtype() {
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F32 => DType::F32,
         other => {
             return Err(format_err(
                 path,
@@ -84,6 +67,7 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, layout: Layout, path: &Path) ->
             ));
         }
     };
+    let storage = Storage::from_le_bytes(dtype, view.data());
     Tensor::new(storage, shape, layout)
         .map_err(|e| format_err(path, format!("tensor `{name}`: {e}")))
 }

@@ -209,6 +209,38 @@ impl Storage {
         }
     }
 
+    /// Elements of `dtype` from raw little-endian bytes (a file's, a device buffer's); a trailing
+    /// partial element is ignored.
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Self {
+        match dtype {
+            DType::F16 => Storage::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => Storage::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::F32 => Storage::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The first element that is NaN or infinite, widened to f32.
+    pub fn first_non_finite(&self) -> Option<f32> {
+        (0..self.len())
+            .map(|i| self.get_f32(i))
+            .find(|v| !v.is_finite())
+    }
+
     /// Raw little-endian bytes, as a file or a device buffer holds them.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {

@@ -571,16 +571,8 @@ impl CudaBackend {
         let size = meta.dtype.size_bytes();
         let start = meta.shape.index(meta.layout, batch, head, token, 0) * size;
         let host = self.read(buf, start + meta.shape.head_dim * size)?;
-        let row = &host[start..];
-        let value = (0..meta.shape.head_dim)
-            .map(|c| match meta.dtype {
-                DType::F32 => {
-                    f32::from_le_bytes([row[4 * c], row[4 * c + 1], row[4 * c + 2], row[4 * c + 3]])
-                }
-                DType::F16 => f16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32(),
-                DType::BF16 => half::bf16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32(),
-            })
-            .find(|x| !x.is_finite())
+        let value = Storage::from_le_bytes(meta.dtype, &host[start..])
+            .first_non_finite()
             .unwrap_or(f32::NAN);
         Err(Error::NonFinite {
             tensor: ["Q", "K", "V"][slot],
@@ -815,26 +807,7 @@ impl AttentionBackend for CudaBackend {
             &t.handle::<GpuTensor>(NAME)?.buf,
             n * meta.dtype.size_bytes(),
         )?;
-        let storage = match meta.dtype {
-            DType::F32 => Storage::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            DType::F16 => Storage::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            DType::BF16 => Storage::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-        };
+        let storage = Storage::from_le_bytes(meta.dtype, &bytes);
         Tensor::new(storage, meta.shape, meta.layout)
     }
 

@@ -938,16 +938,8 @@ impl WgpuBackend {
         let Ok(bytes) = self.read(buffer, aligned as u64, len) else {
             return f32::NAN;
         };
-        let row = &bytes[start - aligned..];
-        (0..s.head_dim)
-            .map(|d| match meta.dtype {
-                DType::F32 => {
-                    f32::from_le_bytes([row[4 * d], row[4 * d + 1], row[4 * d + 2], row[4 * d + 3]])
-                }
-                DType::F16 => f16::from_le_bytes([row[2 * d], row[2 * d + 1]]).to_f32(),
-                DType::BF16 => half::bf16::from_le_bytes([row[2 * d], row[2 * d + 1]]).to_f32(),
-            })
-            .find(|v| !v.is_finite())
+        Storage::from_le_bytes(meta.dtype, &bytes[start - aligned..])
+            .first_non_finite()
             .unwrap_or(f32::NAN)
     }
 }
@@ -1020,21 +1012,7 @@ impl AttentionBackend for WgpuBackend {
         let buffer = &t.handle::<GpuTensor>(NAME)?.buffer;
         let n = meta.shape.numel();
         let bytes = self.read(buffer, 0, (n * meta.dtype.size_bytes()) as u64)?;
-        let storage = match meta.dtype {
-            DType::F32 => Storage::F32(f32s(&bytes)),
-            DType::F16 => Storage::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-            DType::BF16 => Storage::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            ),
-        };
+        let storage = Storage::from_le_bytes(meta.dtype, &bytes);
         Tensor::new(storage, meta.shape, meta.layout)
     }
 
