@@ -9,6 +9,8 @@
 //            S = dot * sq * sk (+ dS), L = S * sm_scale * log2(e); causal/padding mask -> -inf
 //   online_softmax: m, alpha, p = exp2(L - m), l
 //   (C) wait for V_j; start copying K_{j+1}
+//   (INT8-FP8 double-buffers K and V: (A) starts K_{j+1} and (C) starts V_{j+1}, each into the
+//   slot its tile j-1 left, so every copy has one whole KV tile of compute to land in.)
 //   pv:      FP8: p8 = e4m3(448 p); per 8-channel slice a FRESH f32 accumulator sums the tile's
 //            p8 * v8 (two mma k32 steps) and is then added to acc * alpha: no mma accumulator
 //            lives longer than one KV tile (the two-level accumulation of Step 6).
@@ -133,10 +135,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     auto load_k = [&](int j, int slot) {
         const u32* src = kw + (i64)j * KV_TILE * W;
         const u32 dst = s_k_base + slot * K_STAGE_BYTES;
-        static_assert(KV_TILE * (W / 4) % ATT_THREADS == 0, "whole K copy rounds");
-#pragma unroll
-        for (int it = 0; it < KV_TILE * (W / 4) / ATT_THREADS; ++it) {
-            const int i = tid + it * ATT_THREADS;
+        for (int i = tid; i < KV_TILE * (W / 4); i += ATT_THREADS) {
             const int r = i / (W / 4), ch = i % (W / 4);
             cp_async_16(dst + (r * KROW + ch * 4) * 4, src + r * W + ch * 4);
         }
@@ -151,16 +150,14 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     // V^T: DP rows of the padded [Dp, Npad] matrix, columns [64j, 64j + 64).
     auto load_v = [&](int j, int slot) {
         const u32 dst = s_v_base + slot * V_STAGE_BYTES;
-        static_assert(DP * (VW / 4) % ATT_THREADS == 0, "whole V copy rounds");
-#pragma unroll
-        for (int it = 0; it < DP * (VW / 4) / ATT_THREADS; ++it) {
-            const int i = tid + it * ATT_THREADS;
+        for (int i = tid; i < DP * (VW / 4); i += ATT_THREADS) {
             const int c = i / (VW / 4), ch = i % (VW / 4);
             cp_async_16(dst + (c * VROW + ch * 4) * 4, vw + (i64)c * v_row_words + j * VW + ch * 4);
         }
     };
     // The K scale of tile j for this lane (one per lane for every granularity).
-    auto load_sk = [&](int j) { return k_scales[khead * groups_k + j * ksubs + (gran == GRAN_PER_THREAD ? t : 0)]; };
+    const float* sk_lane = k_scales + khead * groups_k + (gran == GRAN_PER_THREAD ? t : 0);
+    auto load_sk = [&](int j) { return sk_lane[j * ksubs]; };
     // (C): V_j has landed and every warp is done with K_j (and dS); start the next copy. DB: pending
     // are V_j then K_{j+1}; V_{j+1} goes into the slot V_{j-1} left (free since (A) of tile j).
     // Single buffer: K_{j+1} into the only K slot. Empty groups are committed on the last tile so
@@ -187,7 +184,6 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 #pragma unroll
     for (int ct = 0; ct < CT; ++ct) o[ct][0] = o[ct][1] = o[ct][2] = o[ct][3] = 0.0f;
 
-    float sk_next = 0.0f;
     if (n_tiles > 0) {
         load_k(0, 0);
         cp_async_commit();
@@ -195,14 +191,17 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             load_v(0, 0);
             cp_async_commit();
         }
-        sk_next = load_sk(0);
     }
+    float sk_next = DB && n_tiles > 0 ? load_sk(0) : 0.0f;
     for (int j = 0; j < n_tiles; ++j) {
         const int slot = DB ? (j & 1) : 0;
         const u32 k_tile = s_k_base + slot * K_STAGE_BYTES, v_tile = s_v_base + slot * V_STAGE_BYTES;
-        // The K scale is fetched one tile ahead: its global-load latency is off the scores' path.
-        const float sk = sk_next;
-        if (j + 1 < n_tiles) sk_next = load_sk(j + 1);
+        // DB: the K scale is fetched one tile ahead, so its global-load latency is off the scores'
+        // path (a load placed after the ldmatrix/mma asm cannot be moved above them). The
+        // single-buffer modes load it where it is used, as before (moving it tipped the INT8-FP16
+        // Dp = 128 kernel into spills).
+        const float sk_pre = sk_next;
+        if (DB && j + 1 < n_tiles) sk_next = load_sk(j + 1);
         if (DB) {
             cp_async_wait_group<1>();  // pending were K_j, V_j: K_j landed
             __syncthreads();  // (A): K_j landed for everyone; every warp is done with K_{j-1}, V_{j-1}
@@ -263,6 +262,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                     }
                 }
             }
+            const float sk = DB ? sk_pre : load_sk(j);
             // Dequantize exactly as the CPU: ((dot * sq) * sk) (+ dS), then * sm_scale * log2(e);
             // the _rn intrinsics keep the compiler from contracting these into FMAs.
 #pragma unroll
@@ -400,8 +400,19 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 // attn_{int8|int4}_{fp8|fp16}_hd{64|128}_{f16|bf16|f32}: grid (ceil(Nq/64), Hq, B), 128 threads,
 // static shared memory only. Parameters: ABI.md.
 
-#define SAGE_ATTN_ENTRY(NAME, QBITS, PV_FP8, DP, OUT)                                                     \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                             \
+// LB: the launch bounds. INT8-FP8 (the main mode) asks for 3 CTAs (12 warps) per SM, i.e. <= 168
+// registers (no spills, check_kernels.py) instead of 255 (2 CTAs); the other modes keep the plain
+// bound (a minBlocks of 1 changes ptxas's choices and made INT8-FP16 Dp = 128 spill).
+#define SAGE_LB_DEFAULT __launch_bounds__(ATT_THREADS)
+#if __CUDA_ARCH__ >= 900
+#define SAGE_LB_3CTA __launch_bounds__(ATT_THREADS, 3)
+#else
+// sm_89: ptxas spills a few bytes at 168 registers; keep 2 CTAs per SM there.
+#define SAGE_LB_3CTA __launch_bounds__(ATT_THREADS)
+#endif
+
+#define SAGE_ATTN_ENTRY(NAME, QBITS, PV_FP8, DP, OUT, LB)                                                 \
+    extern "C" __global__ void LB                                                                         \
         NAME(const u8* q_codes, const float* q_scales, const u8* k_codes, const float* k_scales,          \
              const void* v_codes, const float* v_scales, const float* vm, const float* qm,               \
              const i8* k8_codes, const float* k8_scales, const float* qkm, void* out, i64 o_stride_b,     \
@@ -414,33 +425,33 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     }
 
 #ifdef SAGE_WANT_F16
-#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_f16, QBITS, PV_FP8, DP, DtF16)
+#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP, LB) SAGE_ATTN_ENTRY(PREFIX##_f16, QBITS, PV_FP8, DP, DtF16, LB)
 #else
-#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP)
+#define SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP, LB)
 #endif
 #ifdef SAGE_WANT_BF16
-#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_bf16, QBITS, PV_FP8, DP, DtBF16)
+#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP, LB) SAGE_ATTN_ENTRY(PREFIX##_bf16, QBITS, PV_FP8, DP, DtBF16, LB)
 #else
-#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP)
+#define SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP, LB)
 #endif
 #ifdef SAGE_WANT_F32
-#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP) SAGE_ATTN_ENTRY(PREFIX##_f32, QBITS, PV_FP8, DP, DtF32)
+#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP, LB) SAGE_ATTN_ENTRY(PREFIX##_f32, QBITS, PV_FP8, DP, DtF32, LB)
 #else
-#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP)
+#define SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP, LB)
 #endif
-#define SAGE_ATTN_DTYPES(PREFIX, QBITS, PV_FP8, DP) \
-    SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP)        \
-    SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP)       \
-    SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP)
+#define SAGE_ATTN_DTYPES(PREFIX, QBITS, PV_FP8, DP, LB) \
+    SAGE_ATTN_F16(PREFIX, QBITS, PV_FP8, DP, LB)        \
+    SAGE_ATTN_BF16(PREFIX, QBITS, PV_FP8, DP, LB)       \
+    SAGE_ATTN_F32(PREFIX, QBITS, PV_FP8, DP, LB)
 
 // int8-fp16 (SageAttention1-style): every architecture (sm_80+).
-SAGE_ATTN_DTYPES(attn_int8_fp16_hd64, 8, false, 64)
-SAGE_ATTN_DTYPES(attn_int8_fp16_hd128, 8, false, 128)
+SAGE_ATTN_DTYPES(attn_int8_fp16_hd64, 8, false, 64, SAGE_LB_DEFAULT)
+SAGE_ATTN_DTYPES(attn_int8_fp16_hd128, 8, false, 128, SAGE_LB_DEFAULT)
 
 #if __CUDA_ARCH__ >= 890
 // FP8 PV needs the e4m3 mma of sm_89+. int4-fp8 is correct on sm_90 but the s4 mma is emulated there.
-SAGE_ATTN_DTYPES(attn_int8_fp8_hd64, 8, true, 64)
-SAGE_ATTN_DTYPES(attn_int8_fp8_hd128, 8, true, 128)
-SAGE_ATTN_DTYPES(attn_int4_fp8_hd64, 4, true, 64)
-SAGE_ATTN_DTYPES(attn_int4_fp8_hd128, 4, true, 128)
+SAGE_ATTN_DTYPES(attn_int8_fp8_hd64, 8, true, 64, SAGE_LB_DEFAULT)
+SAGE_ATTN_DTYPES(attn_int8_fp8_hd128, 8, true, 128, SAGE_LB_3CTA)
+SAGE_ATTN_DTYPES(attn_int4_fp8_hd64, 4, true, 64, SAGE_LB_DEFAULT)
+SAGE_ATTN_DTYPES(attn_int4_fp8_hd128, 4, true, 128, SAGE_LB_DEFAULT)
 #endif

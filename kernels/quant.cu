@@ -26,6 +26,8 @@
 #define VT8_STRIDE 132
 // The same for the f16 V tile, in halves: 128 + 2 (65 words per row).
 #define VT16_STRIDE 130
+// quantize_v_*: rows loaded per batch (all loads of a batch in flight together).
+#define V_BATCH 8
 
 // ---- helpers --------------------------------------------------------------------------------------
 
@@ -238,11 +240,17 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     load_channel_vec(km + head * Dp, Dp, lane, 0.0f, kmv);
 
     float x[ROWS_PER_WARP][4];
+    // All 16 rows' loads first: a global store (the non-finite flag) between them would keep the
+    // compiler from hoisting later loads above it (possible aliasing), one round trip per row.
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r) {
+        const int n = t0 + warp * ROWS_PER_WARP + r;
+        load_row<DT>(base + (i64)n * sn, n < N, D, lane, x[r]);
+    }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
         const int n = t0 + warp * ROWS_PER_WARP + r;
         const bool valid = n < N;
-        load_row<DT>(base + (i64)n * sn, valid, D, lane, x[r]);
         if (row_nonfinite(x[r]) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
         // smooth_k: K' = K - km (padding rows stay 0: they must not enter any amax)
         if (valid) {
@@ -307,11 +315,16 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     load_channel_vec(qkm != nullptr ? km + ((i64)b * Hkv + hk) * Dp : nullptr, Dp, lane, 0.0f, kmv);
 
     float x[ROWS_PER_WARP][4];
+    // All 16 rows' loads first (see quantize_k): the flag and q.km stores come after.
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r) {
+        const int n = t0 + warp * ROWS_PER_WARP + r;
+        load_row<DT>(base + (i64)n * sn, n < N, D, lane, x[r]);
+    }
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
         const int n = t0 + warp * ROWS_PER_WARP + r;
         const bool valid = n < N;
-        load_row<DT>(base + (i64)n * sn, valid, D, lane, x[r]);
         if (row_nonfinite(x[r]) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
         if (qkm != nullptr && valid) {
             float d = 0.0f;
@@ -412,13 +425,20 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     load_channel_vec(vm != nullptr ? vm + head * Dp : nullptr, Dp, lane, 0.0f, vmv);
     load_channel_vec(sv + head * Dp, Dp, lane, 1.0f, svv);
 
-#pragma unroll 4
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int lr = warp * ROWS_PER_WARP + r;
+    // Rows in batches of V_BATCH: the batch's loads are issued before any flag store (see quantize_k).
+    for (int r0 = 0; r0 < ROWS_PER_WARP; r0 += V_BATCH) {
+    float xb[V_BATCH][4];
+#pragma unroll
+    for (int rb = 0; rb < V_BATCH; ++rb) {
+        const int n = t0 + warp * ROWS_PER_WARP + r0 + rb;
+        load_row<DT>(base + (i64)n * sn, n < N, D, lane, xb[rb]);
+    }
+#pragma unroll
+    for (int rb = 0; rb < V_BATCH; ++rb) {
+        const int lr = warp * ROWS_PER_WARP + r0 + rb;
         const int n = t0 + lr;
         const bool valid = n < N;
-        float x[4];
-        load_row<DT>(base + (i64)n * sn, valid, D, lane, x);
+        const float(&x)[4] = xb[rb];
         if (row_nonfinite(x) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
         const int slot = (lr & ~15) | v8_slot(lr & 15);
 #pragma unroll
@@ -430,6 +450,7 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
                 s_vt[c * VT8_STRIDE + slot] = code;
             }
         }
+    }
     }
     __syncthreads();
     // Each channel row of the tile is 128 contiguous bytes of V^T: a warp stores one row.
@@ -456,19 +477,26 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     float vmv[4];
     load_channel_vec(vm != nullptr ? vm + head * Dp : nullptr, Dp, lane, 0.0f, vmv);
 
-#pragma unroll 4
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int lr = warp * ROWS_PER_WARP + r;
+    for (int r0 = 0; r0 < ROWS_PER_WARP; r0 += V_BATCH) {
+    float xb[V_BATCH][4];
+#pragma unroll
+    for (int rb = 0; rb < V_BATCH; ++rb) {
+        const int n = t0 + warp * ROWS_PER_WARP + r0 + rb;
+        load_row<DT>(base + (i64)n * sn, n < N, D, lane, xb[rb]);
+    }
+#pragma unroll
+    for (int rb = 0; rb < V_BATCH; ++rb) {
+        const int lr = warp * ROWS_PER_WARP + r0 + rb;
         const int n = t0 + lr;
         const bool valid = n < N;
-        float x[4];
-        load_row<DT>(base + (i64)n * sn, valid, D, lane, x);
+        const float(&x)[4] = xb[rb];
         if (row_nonfinite(x) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int c = lane + 32 * e;
             if (c < Dp) s_vt[c * VT16_STRIDE + lr] = valid ? f32_to_f16(x[e] - vmv[e]) : (u16)0;
         }
+    }
     }
     __syncthreads();
     const int npad = round_up(N, QUANT_TOKENS);
