@@ -76,7 +76,8 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     let qk_words = select(dp / 4u, dp / 8u, int4);
     let v_words = select(dp / 2u, dp / 4u, fp8);
     let k_tile = min(P.kv_block, TILE_WORDS / qk_words);
-    let v_tile = min(P.kv_block, TILE_WORDS / v_words);
+    // V sub-tiles are held decoded, one f32 per value
+    let v_tile = min(P.kv_block, TILE_WORDS / dp);
     for (var i = t; i < 256u; i += ROWS) {
         fp8_lut[i] = e4m3_decode(i);
     }
@@ -188,8 +189,21 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
         for (var s0 = start; s0 < end; s0 += v_tile) {
             let s1 = min(s0 + v_tile, end);
             workgroupBarrier();
+            // decode the V sub-tile once for the whole workgroup (f32 bits in the tile), rather
+            // than once per query row: the PV loop is then plain f32 multiply-adds
             for (var i = t; i < (s1 - s0) * v_words; i += ROWS) {
-                tile[i] = v_codes[(bhk * P.seq_k + s0) * v_words + i];
+                let word = v_codes[(bhk * P.seq_k + s0) * v_words + i];
+                let base = (i / v_words) * dp;
+                let w = i % v_words;
+                if (fp8) {
+                    for (var k = 0u; k < 4u; k++) {
+                        tile[base + 4u * w + k] = bitcast<u32>(fp8_lut[(word >> (8u * k)) & 0xffu]);
+                    }
+                } else {
+                    let pair = unpack2x16float(word);
+                    tile[base + 2u * w] = bitcast<u32>(pair.x);
+                    tile[base + 2u * w + 1u] = bitcast<u32>(pair.y);
+                }
             }
             workgroupBarrier();
             if (live) {
@@ -198,20 +212,9 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                     if (p == 0.0) {
                         continue;
                     }
-                    let row = (n - s0) * v_words;
-                    if (fp8) {
-                        for (var w = 0u; w < v_words; w++) {
-                            let word = tile[row + w];
-                            for (var k = 0u; k < 4u; k++) {
-                                blk[4u * w + k] += p * fp8_lut[(word >> (8u * k)) & 0xffu];
-                            }
-                        }
-                    } else {
-                        for (var w = 0u; w < v_words; w++) {
-                            let pair = unpack2x16float(tile[row + w]);
-                            blk[2u * w] += p * pair.x;
-                            blk[2u * w + 1u] += p * pair.y;
-                        }
+                    let row = (n - s0) * dp;
+                    for (var c = 0u; c < dp; c++) {
+                        blk[c] += p * bitcast<f32>(tile[row + c]);
                     }
                 }
             }

@@ -183,9 +183,9 @@ impl WgpuBackend {
         // back-edges per key of the loops that run per key (ALGORITHM.md Steps 4-6), with slack
         let per_key = match p.mode {
             Mode::Exact => 3 * p.head_dim as u64,
-            Mode::Int4Fp8 => dp / 8 + dp / 4,
-            Mode::Int8Fp8 => dp / 4 + dp / 4,
-            Mode::Int8Fp16 | Mode::Auto => dp / 4 + dp / 2,
+            // QK over packed words, PV over decoded values
+            Mode::Int4Fp8 => dp / 8 + dp,
+            Mode::Int8Fp8 | Mode::Int8Fp16 | Mode::Auto => dp / 4 + dp,
         } + if p.smooth_q { dp / 4 } else { 0 }
             + 24;
         let keys = ((budget * 6 / 10) / per_key) as usize;
