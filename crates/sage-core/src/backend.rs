@@ -131,6 +131,21 @@ pub struct Timing {
     pub clock: &'static str,
 }
 
+/// Which of several flagged non-finite tokens a backend reports, as the CPU finds them: K/V heads
+/// first in (batch, head) order, K before V within a head, then Q. `flagged[i]` is the first
+/// offending (batch, head, token) of Q, K, V (i = 0, 1, 2); returns the slot and its token.
+pub fn first_non_finite_slot(
+    flagged: [Option<(usize, usize, usize)>; 3],
+) -> Option<(usize, (usize, usize, usize))> {
+    let kv = match (flagged[1], flagged[2]) {
+        (Some(k), Some(v)) if (v.0, v.1) < (k.0, k.1) => Some((2, v)),
+        (Some(k), _) => Some((1, k)),
+        (None, Some(v)) => Some((2, v)),
+        (None, None) => None,
+    };
+    kv.or_else(|| flagged[0].map(|q| (0, q)))
+}
+
 /// The median of some timings (the upper one of an even count); 0 for none.
 pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
@@ -474,5 +489,28 @@ impl Problem {
             * self.seq_k as f64
             * self.head_dim as f64;
         if self.causal { full / 2.0 } else { full }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_reports_follow_the_cpu_order() {
+        // K/V heads in order, K before V in one head, Q last
+        assert_eq!(
+            first_non_finite_slot([Some((0, 0, 1)), Some((0, 1, 5)), Some((0, 0, 9))]),
+            Some((2, (0, 0, 9)))
+        );
+        assert_eq!(
+            first_non_finite_slot([None, Some((1, 0, 5)), Some((1, 0, 2))]),
+            Some((1, (1, 0, 5)))
+        );
+        assert_eq!(
+            first_non_finite_slot([Some((0, 3, 1)), None, None]),
+            Some((0, (0, 3, 1)))
+        );
+        assert_eq!(first_non_finite_slot([None, None, None]), None);
     }
 }

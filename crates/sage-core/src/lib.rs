@@ -14,7 +14,7 @@ pub mod tensor;
 
 pub use backend::{
     AttentionBackend, AttentionOutput, Capabilities, DeviceOutput, DeviceTensor, Problem,
-    QuantizedQkv, QuantizedV, TensorMeta, Timing, median,
+    QuantizedQkv, QuantizedV, TensorMeta, Timing, first_non_finite_slot, median,
 };
 pub use config::{AttentionParams, BackendChoice, Config, ConfigLayer, Granularity, Mode};
 pub use cpu::CpuBackend;

@@ -21,7 +21,7 @@ use sage_core::numerics::{MAX_HEAD_DIM, PADDED_HEAD_DIMS, Q_SMOOTH_BLOCK};
 use sage_core::{
     AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
     Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
-    TensorMeta, Timing, median,
+    TensorMeta, Timing, first_non_finite_slot, median,
 };
 
 pub use nvrtc::{Module, arch_for};
@@ -553,18 +553,9 @@ impl CudaBackend {
                 idx % s.seq,
             ))
         };
-        // K and V heads come first (K before V in one head), then Q: the CPU's order.
-        let kv = match (decode(1), decode(2)) {
-            (Some(k), Some(v)) => Some(if (v.0, v.1) < (k.0, k.1) {
-                (2, v)
-            } else {
-                (1, k)
-            }),
-            (Some(k), None) => Some((1, k)),
-            (None, Some(v)) => Some((2, v)),
-            (None, None) => None,
-        };
-        let Some((slot, (batch, head, token))) = kv.or_else(|| decode(0).map(|q| (0, q))) else {
+        let Some((slot, (batch, head, token))) =
+            first_non_finite_slot([decode(0), decode(1), decode(2)])
+        else {
             return Ok(());
         };
         let (buf, meta) = inputs[slot];

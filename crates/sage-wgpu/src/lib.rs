@@ -16,7 +16,7 @@ use sage_core::numerics::quant::{Operand, group_shape, scale_groups};
 use sage_core::{
     AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
     Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
-    TensorMeta, Timing, median,
+    TensorMeta, Timing, first_non_finite_slot, median,
 };
 use wgpu::util::DeviceExt;
 
@@ -669,26 +669,24 @@ impl WgpuBackend {
         metas: [TensorMeta; 3],
     ) -> Result<()> {
         let bytes = self.read(&quant.flags, 0, 12)?;
-        for (slot, tensor) in ["Q", "K", "V"].into_iter().enumerate() {
-            let word = [
-                bytes[4 * slot],
-                bytes[4 * slot + 1],
-                bytes[4 * slot + 2],
-                bytes[4 * slot + 3],
-            ];
-            let row = u32::from_le_bytes(word);
-            if row == u32::MAX {
-                continue;
-            }
+        let decode = |slot: usize| {
+            let c = &bytes[4 * slot..4 * slot + 4];
+            let row = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             let s = quant.shapes[slot];
             let row = row as usize;
-            let (token, head, batch) = (
-                row % s.seq,
-                (row / s.seq) % s.heads,
-                row / (s.seq * s.heads),
-            );
+            (row != u32::MAX as usize).then(|| {
+                (
+                    row / (s.seq * s.heads),
+                    (row / s.seq) % s.heads,
+                    row % s.seq,
+                )
+            })
+        };
+        if let Some((slot, (batch, head, token))) =
+            first_non_finite_slot([decode(0), decode(1), decode(2)])
+        {
             return Err(Error::NonFinite {
-                tensor,
+                tensor: ["Q", "K", "V"][slot],
                 batch,
                 head,
                 token,
