@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::{AttentionParams, Granularity, Mode};
 use crate::error::{Error, Result};
-use crate::numerics::{MAX_HEAD_DIM, padded_head_dim};
+use crate::numerics::{MAX_HEAD_DIM, PADDED_HEAD_DIMS, padded_head_dim};
 use crate::tensor::{DType, Layout, Shape, Tensor};
 
 /// What a backend can do on its device, as `sage info` reports it.
@@ -36,6 +36,38 @@ pub struct Capabilities {
     pub smooth_q: bool,
     pub smooth_v: bool,
     pub rotate: bool,
+}
+
+impl Capabilities {
+    /// A backend with every granularity, dtype, layout and option (causal, GQA, LSE, smoothing,
+    /// rotation) and head dims up to 128 padded to 64 or 128; the first of `kv_blocks` is the default.
+    pub fn with_all_features(
+        backend: &'static str,
+        device: String,
+        modes: Vec<Mode>,
+        auto_mode: Mode,
+        kv_blocks: Vec<usize>,
+    ) -> Self {
+        Capabilities {
+            backend,
+            device,
+            modes,
+            auto_mode,
+            granularities: Granularity::ALL.to_vec(),
+            native_head_dims: PADDED_HEAD_DIMS.to_vec(),
+            max_head_dim: MAX_HEAD_DIM,
+            default_kv_block: kv_blocks.first().copied().unwrap_or(64),
+            kv_blocks,
+            dtypes: DType::ALL.to_vec(),
+            layouts: Layout::ALL.to_vec(),
+            causal: true,
+            gqa: true,
+            lse: true,
+            smooth_q: true,
+            smooth_v: true,
+            rotate: true,
+        }
+    }
 }
 
 /// Dtype, shape and layout of a tensor, host or device.

@@ -11,13 +11,13 @@ use crate::backend::{
     AttentionBackend, AttentionOutput, Capabilities, DeviceOutput, DeviceTensor, Problem,
     QuantizedQkv, QuantizedV,
 };
-use crate::config::{AttentionParams, Granularity, Mode};
+use crate::config::{AttentionParams, Mode};
 use crate::error::{Error, Result};
 use crate::numerics::fp8::{E4M3_MAX, e4m3_decode, e4m3_encode, e4m3_round};
 use crate::numerics::hadamard::fwht_normalized;
 use crate::numerics::quant::{Operand, quantize_rows, scale_group, scale_groups};
 use crate::numerics::smooth::{block_means, channel_mean};
-use crate::numerics::{LN_2, LOG2_E, MAX_HEAD_DIM, PADDED_HEAD_DIMS, Q_SMOOTH_BLOCK};
+use crate::numerics::{LN_2, LOG2_E, Q_SMOOTH_BLOCK};
 use crate::tensor::{DType, Layout, Shape, Tensor};
 
 const NAME: &str = "cpu";
@@ -631,25 +631,13 @@ impl AttentionBackend for CpuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            backend: NAME,
-            device: format!("CPU ({} threads)", rayon::current_num_threads()),
-            modes: Mode::CONCRETE.to_vec(),
-            auto_mode: Mode::Int8Fp8,
-            granularities: Granularity::ALL.to_vec(),
-            native_head_dims: PADDED_HEAD_DIMS.to_vec(),
-            max_head_dim: MAX_HEAD_DIM,
-            kv_blocks: KV_BLOCKS.to_vec(),
-            default_kv_block: KV_BLOCKS[0],
-            dtypes: DType::ALL.to_vec(),
-            layouts: Layout::ALL.to_vec(),
-            causal: true,
-            gqa: true,
-            lse: true,
-            smooth_q: true,
-            smooth_v: true,
-            rotate: true,
-        }
+        Capabilities::with_all_features(
+            NAME,
+            format!("CPU ({} threads)", rayon::current_num_threads()),
+            Mode::CONCRETE.to_vec(),
+            Mode::Int8Fp8,
+            KV_BLOCKS.to_vec(),
+        )
     }
 
     fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {

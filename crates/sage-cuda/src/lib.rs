@@ -16,8 +16,8 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg, sys,
 };
 use half::f16;
+use sage_core::numerics::Q_SMOOTH_BLOCK;
 use sage_core::numerics::quant::{Operand, scale_groups};
-use sage_core::numerics::{MAX_HEAD_DIM, PADDED_HEAD_DIMS, Q_SMOOTH_BLOCK};
 use sage_core::{
     AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
     Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
@@ -749,30 +749,20 @@ impl AttentionBackend for CudaBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            backend: NAME,
-            device: self.device.clone(),
-            modes: modes_for(self.cc),
-            // On sm_90 INT4 mma is emulated (~25x slower than INT8): never the automatic choice.
-            auto_mode: if self.cc >= (8, 9) {
-                Mode::Int8Fp8
-            } else {
-                Mode::Int8Fp16
-            },
-            granularities: Granularity::ALL.to_vec(),
-            native_head_dims: PADDED_HEAD_DIMS.to_vec(),
-            max_head_dim: MAX_HEAD_DIM,
-            kv_blocks: vec![64],
-            default_kv_block: 64,
-            dtypes: DType::ALL.to_vec(),
-            layouts: Layout::ALL.to_vec(),
-            causal: true,
-            gqa: true,
-            lse: true,
-            smooth_q: true,
-            smooth_v: true,
-            rotate: true,
-        }
+        // On sm_90 INT4 mma is emulated (~25x slower than INT8): never the automatic choice.
+        let auto = if self.cc >= (8, 9) {
+            Mode::Int8Fp8
+        } else {
+            Mode::Int8Fp16
+        };
+        // 64 keys is the attention kernels' only KV tile (kernels/ABI.md).
+        Capabilities::with_all_features(
+            NAME,
+            self.device.clone(),
+            modes_for(self.cc),
+            auto,
+            vec![64],
+        )
     }
 
     fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {

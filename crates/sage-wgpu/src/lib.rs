@@ -974,25 +974,13 @@ impl AttentionBackend for WgpuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            backend: NAME,
-            device: self.gpu.describe(),
-            modes: Mode::CONCRETE.to_vec(),
-            auto_mode: Mode::Int8Fp8,
-            granularities: Granularity::ALL.to_vec(),
-            native_head_dims: sage_core::numerics::PADDED_HEAD_DIMS.to_vec(),
-            max_head_dim: sage_core::numerics::MAX_HEAD_DIM,
-            kv_blocks: vec![64, 128],
-            default_kv_block: 64,
-            dtypes: DType::ALL.to_vec(),
-            layouts: Layout::ALL.to_vec(),
-            causal: true,
-            gqa: true,
-            lse: true,
-            smooth_q: true,
-            smooth_v: true,
-            rotate: true,
-        }
+        Capabilities::with_all_features(
+            NAME,
+            self.gpu.describe(),
+            Mode::CONCRETE.to_vec(),
+            Mode::Int8Fp8,
+            vec![64, 128],
+        )
     }
 
     fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
