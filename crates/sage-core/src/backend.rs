@@ -178,6 +178,35 @@ pub fn first_non_finite_slot(
     kv.or_else(|| flagged[0].map(|q| (0, q)))
 }
 
+/// Times `iters` synchronized calls with the host clock after `warmup` untimed ones: the trait's
+/// default timing, and the fallback of GPU backends whose device has no timers.
+pub fn time_with_host_clock<B: AttentionBackend + ?Sized>(
+    backend: &B,
+    q: &DeviceTensor,
+    k: &DeviceTensor,
+    v: &DeviceTensor,
+    params: &AttentionParams,
+    warmup: usize,
+    iters: usize,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        backend.attention_device(q, k, v, params)?;
+    }
+    backend.synchronize()?;
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let start = std::time::Instant::now();
+        backend.attention_device(q, k, v, params)?;
+        backend.synchronize()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(Timing {
+        end_to_end_ms: median(times),
+        kernel_ms: None,
+        clock: "wall-clock",
+    })
+}
+
 /// The median of some timings (the upper one of an even count); 0 for none.
 pub fn median(mut xs: Vec<f64>) -> f64 {
     if xs.is_empty() {
@@ -270,22 +299,7 @@ pub trait AttentionBackend: Send + Sync {
         warmup: usize,
         iters: usize,
     ) -> Result<Timing> {
-        for _ in 0..warmup {
-            self.attention_device(q, k, v, params)?;
-        }
-        self.synchronize()?;
-        let mut times = Vec::with_capacity(iters);
-        for _ in 0..iters.max(1) {
-            let start = std::time::Instant::now();
-            self.attention_device(q, k, v, params)?;
-            self.synchronize()?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(Timing {
-            end_to_end_ms: median(times),
-            kernel_ms: None,
-            clock: "wall-clock",
-        })
+        time_with_host_clock(self, q, k, v, params, warmup, iters)
     }
 
     /// Host tensors in, host tensors out.

@@ -15,6 +15,7 @@ pub mod tensor;
 pub use backend::{
     AttentionBackend, AttentionOutput, Capabilities, DeviceOutput, DeviceTensor, Problem,
     QuantizedQkv, QuantizedV, TensorMeta, Timing, first_non_finite_slot, median,
+    time_with_host_clock,
 };
 pub use config::{AttentionParams, BackendChoice, Config, ConfigLayer, Granularity, Mode};
 pub use cpu::CpuBackend;

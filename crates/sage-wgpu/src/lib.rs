@@ -16,7 +16,7 @@ use sage_core::numerics::quant::{Operand, group_shape, scale_groups};
 use sage_core::{
     AttentionBackend, AttentionParams, Capabilities, DType, DeviceOutput, DeviceTensor, Error,
     Granularity, Layout, Mode, Problem, QuantizedQkv, QuantizedV, Result, Shape, Storage, Tensor,
-    TensorMeta, Timing, first_non_finite_slot, median,
+    TensorMeta, Timing, first_non_finite_slot, median, time_with_host_clock,
 };
 use wgpu::util::DeviceExt;
 
@@ -1026,23 +1026,7 @@ impl AttentionBackend for WgpuBackend {
         iters: usize,
     ) -> Result<Timing> {
         if !self.gpu.timestamps {
-            // the host clock, as the trait's default does it
-            for _ in 0..warmup {
-                self.run_attention(q, k, v, params, None)?;
-            }
-            self.poll_wait()?;
-            let mut times = Vec::new();
-            for _ in 0..iters.max(1) {
-                let start = std::time::Instant::now();
-                self.run_attention(q, k, v, params, None)?;
-                self.poll_wait()?;
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            return Ok(Timing {
-                end_to_end_ms: median(times),
-                kernel_ms: None,
-                clock: "wall-clock",
-            });
+            return time_with_host_clock(self, q, k, v, params, warmup, iters);
         }
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("attention timer"),
