@@ -28,17 +28,6 @@ var<workgroup> tile: array<u32, 4096>;
 var<workgroup> ds_tile: array<f32, 128>;
 var<workgroup> fp8_lut: array<f32, 256>;
 
-// The last key query m sees (Step 5, bottom-right aligned), or -1.
-fn last_visible(m: u32) -> i32 {
-    if (P.seq_k == 0u) {
-        return -1;
-    }
-    if (P.causal == 0u) {
-        return i32(P.seq_k) - 1;
-    }
-    return min(i32(m) + i32(P.seq_k) - i32(P.seq_q), i32(P.seq_k) - 1);
-}
-
 // INT4 x INT4 over one word of 8 nibbles each: the nibbles moved to the high half of each byte make
 // two exact dot4I8Packed products, each 256 times too large.
 fn dot_int4(a: u32, b: u32) -> i32 {
@@ -91,12 +80,12 @@ fn attn_quantized(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
             qc[w] = q_codes[(bh * P.seq_q + m) * qk_words + w];
         }
         sq = aux[P.off_q_scales + bh * P.q_groups + scale_group(P.granularity, OPERAND_Q, m)];
-        my_last = last_visible(m);
+        my_last = last_visible(m, P.seq_q, P.seq_k, P.causal);
     }
     // the rows of one workgroup lie in one 128-query smooth_q block
     let qm_base = P.off_qm + (bh * ((P.seq_q + 127u) / 128u) + (wid.x * ROWS) / 128u) * dp;
     // keys the workgroup needs: up to what its last row sees (uniform: from the workgroup id)
-    let wg_last = last_visible(min(wid.x * ROWS + ROWS - 1u, P.seq_q - 1u));
+    let wg_last = last_visible(min(wid.x * ROWS + ROWS - 1u, P.seq_q - 1u), P.seq_q, P.seq_k, P.causal);
     let logit_scale = P.sm_scale * LOG2_E;
 
     var logits: array<f32, 128>;

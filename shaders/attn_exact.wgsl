@@ -29,16 +29,6 @@ fn row_is_finite(base: u32, d: u32) -> bool {
     return ok;
 }
 
-fn last_visible(m: u32) -> i32 {
-    if (P.seq_k == 0u) {
-        return -1;
-    }
-    if (P.causal == 0u) {
-        return i32(P.seq_k) - 1;
-    }
-    return min(i32(m) + i32(P.seq_k) - i32(P.seq_q), i32(P.seq_k) - 1);
-}
-
 @compute @workgroup_size(64)
 fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let t = lid.x;
@@ -59,9 +49,9 @@ fn attn_exact(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
             q[c] = q32[(bh * P.seq_q + m) * dp + c];
             bad_q = bad_q || !is_finite_f32(q[c]);
         }
-        my_last = last_visible(m);
+        my_last = last_visible(m, P.seq_q, P.seq_k, P.causal);
     }
-    let wg_last = last_visible(min(wid.x * ROWS + ROWS - 1u, P.seq_q - 1u));
+    let wg_last = last_visible(min(wid.x * ROWS + ROWS - 1u, P.seq_q - 1u), P.seq_q, P.seq_k, P.causal);
     let logit_scale = P.sm_scale * LOG2_E;
     var logits: array<f32, 128>;
     var acc: array<f32, 128>;

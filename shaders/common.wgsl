@@ -196,6 +196,17 @@ fn tensor_index(memory_layout: u32, b: u32, h: u32, n: u32, d: u32, heads: u32, 
     return ((b * heads + h) * seq + n) * dim + d;
 }
 
+// The last key query m sees (ALGORITHM.md Step 5, bottom-right aligned), or -1 when it sees none.
+fn last_visible(m: u32, seq_q: u32, seq_k: u32, causal: u32) -> i32 {
+    if (seq_k == 0u) {
+        return -1;
+    }
+    if (causal == 0u) {
+        return i32(seq_k) - 1;
+    }
+    return min(i32(m) + i32(seq_k) - i32(seq_q), i32(seq_k) - 1);
+}
+
 // Linear invocation id of a 1-D problem dispatched as a 2-D grid of 64-wide workgroups.
 fn linear_id(gid: vec3<u32>, threads_x: u32) -> u32 {
     return gid.y * threads_x + gid.x;
