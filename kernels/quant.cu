@@ -2,8 +2,11 @@
 // 3 (quantize_q / quantize_k) and 7 (V to FP8 or f16), for the quantized modes.
 //
 // The quantize_* kernels work on tiles of QUANT_TOKENS = 128 consecutive tokens of one head, 256
-// threads: warp w holds tile rows 16w..16w+15, and lane l holds channels l, l+32, l+64, l+96 of
-// each row (hadamard.cuh, "lane-strided"). Loads are 32 consecutive elements per instruction.
+// threads, in the "row-contiguous" layout: a row of Dp channels is held by LPR = Dp/8 consecutive
+// lanes, lane `sub` holding channels 8*sub .. 8*sub+7, so a row is read with one 16-byte load per
+// lane (f16/bf16) and its INT8 codes are written with one 8-byte store per lane, straight to global
+// memory. Warp w owns tile rows 16w .. 16w+15; lane group `grp` takes STEPS = Dp/16 of them,
+// consecutive (rows 16w + grp*STEPS + s), so the smooth_q mean can be summed in row order.
 // channel_stats_* (the means and V scales they need first) sums each channel in token order.
 //
 // Launch order and buffer sizes: kernels/ABI.md. The CPU reference: crates/sage-core/src/cpu.rs
@@ -21,99 +24,144 @@
 #define QUANT_THREADS 256
 #define QUANT_WARPS 8
 #define ROWS_PER_WARP 16  // QUANT_TOKENS / QUANT_WARPS
-// Row stride (bytes) of the transposed FP8 V tile in shared memory: 128 keys + 4, so that the 32
-// lanes writing one key's channels l + 32e hit 32 different banks (33 words per row).
-#define VT8_STRIDE 132
-// The same for the f16 V tile, in halves: 128 + 2 (65 words per row).
-#define VT16_STRIDE 130
-// quantize_v_*: rows loaded per batch (all loads of a batch in flight together).
-#define V_BATCH 8
+// quantize_v_f16: steps per batch of row loads (divides RowLayout::STEPS = 4 or 8).
+#define V_BATCH 4
 
-// ---- helpers --------------------------------------------------------------------------------------
+// ---- the row-contiguous layout -------------------------------------------------------------------
 
-// One row's channels into the lane-strided layout; channels >= D (head-dim padding) and invalid
-// rows (tokens >= N, sequence padding) read as 0.
+template <int DP>
+struct RowLayout {
+    static constexpr int LPR = DP / 8;            // lanes per row
+    static constexpr int RPI = 32 / LPR;          // rows a warp holds at once (lane groups)
+    static constexpr int STEPS = ROWS_PER_WARP / RPI;  // rows per lane group
+    int sub, grp;
+    SAGE_DEVICE explicit RowLayout(int lane) : sub(lane % LPR), grp(lane / LPR) {}
+    // The tile-local row of step s.
+    SAGE_DEVICE int row(int warp, int s) const { return warp * ROWS_PER_WARP + grp * STEPS + s; }
+};
+
+// Whether a head's rows can be read with 16-byte loads: whole 8-channel chunks, aligned rows.
 template <class DT>
-SAGE_DEVICE void load_row(const typename DT::T* row, bool valid, int d, int lane, float (&x)[4]) {
+SAGE_DEVICE bool rows_vectorizable(const typename DT::T* base, i64 sn, int d) {
+    const unsigned long long addr = (unsigned long long)(size_t)base;
+    const unsigned long long stride = (unsigned long long)sn * sizeof(typename DT::T);
+    return d % 8 == 0 && ((addr | stride) & 15ull) == 0;
+}
+
+// Channels 8*sub .. 8*sub+7 of one row; channels >= D (head-dim padding) and invalid rows (tokens
+// >= N, sequence padding) read as 0.
+template <class DT>
+SAGE_DEVICE void load_row8(const typename DT::T* row, bool valid, int d, int sub, bool vec, float (&x)[8]) {
+    typedef typename DT::T T;
+    const int c0 = 8 * sub;
+    if (vec) {
+        if (valid && c0 < d) {
+            if constexpr (sizeof(T) == 2) {
+                const U32x4 w = *(const U32x4*)(row + c0);
+                const u32 ws[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const int c = lane + 32 * e;
-        x[e] = (valid && c < d) ? DT::load(row[c]) : 0.0f;
+                for (int k = 0; k < 4; ++k) {
+                    x[2 * k] = DT::load((T)(ws[k] & 0xffffu));
+                    x[2 * k + 1] = DT::load((T)(ws[k] >> 16));
+                }
+            } else {
+                const U32x4 a = *(const U32x4*)(row + c0), b = *(const U32x4*)(row + c0 + 4);
+                const u32 ws[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                for (int k = 0; k < 8; ++k) x[k] = __uint_as_float(ws[k]);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) x[k] = 0.0f;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[k] = (valid && c0 + k < d) ? DT::load(row[c0 + k]) : 0.0f;
     }
 }
 
-// True on every lane when some lane holds a NaN or Inf.
-SAGE_DEVICE bool row_nonfinite(const float (&x)[4]) {
+// A per-head vector of Dp floats (km, vm, sv) in the row layout; `fill` where absent.
+SAGE_DEVICE void load_channel_vec8(const float* v, int sub, float fill, float (&x)[8]) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = v != nullptr ? v[8 * sub + k] : fill;
+}
+
+// Max / sum over the LPR lanes of a row (lane groups are aligned, so xor stays inside the group).
+template <int LPR>
+SAGE_DEVICE float row_max(float v) {
+#pragma unroll
+    for (int o = LPR / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+template <int LPR>
+SAGE_DEVICE float row_sum(float v) {
+#pragma unroll
+    for (int o = LPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// True on every lane of a row when some lane of that row holds a NaN or Inf.
+template <int LPR>
+SAGE_DEVICE bool row_nonfinite(const float (&x)[8], int grp) {
     bool bad = false;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) bad |= !isfinite(x[e]);
-    return __any_sync(FULL_MASK, bad) != 0;
+    for (int k = 0; k < 8; ++k) bad |= !isfinite(x[k]);
+    const u32 rows = __ballot_sync(FULL_MASK, bad);
+    return ((rows >> (grp * LPR)) & ((1u << LPR) - 1u)) != 0;
 }
 
-// A per-head vector of Dp floats (km, vm, sv) in the lane-strided layout; `fill` where absent.
-SAGE_DEVICE void load_channel_vec(const float* v, int dp, int lane, float fill, float (&x)[4]) {
+// Group absmax of the tile: every row's absmax is max-ed into its scale group's slot of `gmax`
+// (tile-local group index) by the row's first lane. The slots hold f32 bit patterns: for values
+// >= 0 (and +inf) the unsigned integer order is the float order, so an integer atomicMax is an
+// exact float max, in any order. fmaxf ignores NaN, like the CPU's f32::max, so the row maxima are
+// never NaN. `gmax` must be zeroed before (a barrier between).
+template <int DP>
+SAGE_DEVICE void tile_group_amax(const float (&x)[RowLayout<DP>::STEPS][8], int warp, RowLayout<DP> rl, int gran,
+                                 bool is_q, u32* gmax) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const int c = lane + 32 * e;
-        x[e] = (v != nullptr && c < dp) ? v[c] : fill;
-    }
-}
-
-// Quantizes a CTA's rows `x` (already smoothed and rotated) into `stage`, the tile's code rows as
-// they go to global memory: INT8 one byte per channel (row = Dp bytes), INT4 two channels per byte
-// (row = Dp/2 bytes, int4.cuh). Code = clamp(rint(x * (qmax/amax)), -qmax, qmax), rint = round half
-// to even (`__float2int_rn`), exactly numerics/quant.rs. `ginv` holds qmax/amax of each of the
-// tile's scale groups (0 for an all-zero group, which gives code 0).
-SAGE_DEVICE void stage_codes(const float (&x)[ROWS_PER_WARP][4], int warp, int lane, int dp, int qmax,
-                             int gran, bool is_q, const float* ginv, u8* stage) {
-    const int row_bytes = qmax == 7 ? dp / 2 : dp;
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int lr = warp * ROWS_PER_WARP + r;
-        const float inv = ginv[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int c = lane + 32 * e;
-            int code = __float2int_rn(__fmul_rn(x[r][e], inv));
-            code = max(-qmax, min(qmax, code));
-            if (qmax == 7) {
-                // channel 2j (even lane) and 2j+1 (the odd neighbour lane) share byte j
-                const int odd = __shfl_xor_sync(FULL_MASK, code, 1);
-                if ((lane & 1) == 0 && c < dp) stage[lr * row_bytes + c / 2] = pack_int4_pair(code, odd);
-            } else if (c < dp) {
-                stage[lr * row_bytes + c] = (u8)(i8)code;
-            }
-        }
-    }
-}
-
-// The tile's code rows are contiguous in the padded global buffer: copy them with 16-byte stores.
-SAGE_DEVICE void copy_out_16(const u8* stage, u8* dst, int bytes) {
-    for (int i = threadIdx.x * 16; i < bytes; i += QUANT_THREADS * 16)
-        *(U32x4*)(dst + i) = *(const U32x4*)(stage + i);
-}
-
-// Group absmax of the tile: every row's absmax (a warp reduction) is max-ed into its scale
-// group's slot of `gmax` (tile-local group index) by the row's lane 0. The slots hold f32 bit
-// patterns: for values >= 0 (and +inf) the unsigned integer order is the float order, so an
-// integer atomicMax is an exact float max, in any order. fmaxf ignores NaN, like the CPU's
-// f32::max, so the row maxima are never NaN. `gmax` must be zeroed before (a barrier between).
-SAGE_DEVICE void tile_group_amax(const float (&x)[ROWS_PER_WARP][4], int warp, int lane, int gran, bool is_q,
-                                 u32* gmax) {
-#pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
+    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
         float a = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) a = fmaxf(a, fabsf(x[r][e]));
-        a = warp_max(a);
-        const int lr = warp * ROWS_PER_WARP + r;
-        if (lane == 0) atomicMax(&gmax[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)], __float_as_uint(a));
+        for (int k = 0; k < 8; ++k) a = fmaxf(a, fabsf(x[s][k]));
+        a = row_max<RowLayout<DP>::LPR>(a);
+        const int lr = rl.row(warp, s);
+        if (rl.sub == 0) atomicMax(&gmax[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)], __float_as_uint(a));
     }
 }
 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
 SAGE_DEVICE float quant_scale(float amax, int qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, (float)qmax); }
 SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f : __fdiv_rn((float)qmax, amax); }
+
+// Quantizes the lane's rows (already smoothed and rotated) and stores the codes straight into
+// `dst`, the tile's first code row in the padded global buffer: INT8 one byte per channel (row =
+// DP bytes, 8 bytes per lane), INT4 two channels per byte (row = DP/2 bytes, 4 bytes per lane;
+// int4.cuh). Code = clamp(rint(x * (qmax/amax)), -qmax, qmax), rint = round half to even
+// (`__float2int_rn`), exactly numerics/quant.rs. `ginv` holds qmax/amax of each of the tile's
+// scale groups (0 for an all-zero group, which gives code 0).
+template <int DP>
+SAGE_DEVICE void store_codes(const float (&x)[RowLayout<DP>::STEPS][8], int warp, RowLayout<DP> rl, int qmax,
+                             int gran, bool is_q, const float* ginv, u8* dst) {
+#pragma unroll
+    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
+        const int lr = rl.row(warp, s);
+        const float inv = ginv[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)];
+        int code[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) code[k] = max(-qmax, min(qmax, __float2int_rn(__fmul_rn(x[s][k], inv))));
+        if (qmax == 7) {
+            u32 w = 0;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) w |= (u32)pack_int4_pair(code[2 * k], code[2 * k + 1]) << (8 * k);
+            *(u32*)(dst + lr * (DP / 2) + 4 * rl.sub) = w;
+        } else {
+            u32 w[2] = {0u, 0u};
+#pragma unroll
+            for (int k = 0; k < 8; ++k) w[k / 4] |= ((u32)(u8)(i8)code[k]) << (8 * (k % 4));
+            *(U32x2*)(dst + lr * DP + 8 * rl.sub) = U32x2{w[0], w[1]};
+        }
+    }
+}
 
 // Position of tile-local key k (0..15 inside a group of 16) in the FP8 V^T rows. The FP8 PV mma
 // takes P's A fragment straight from the S accumulator (attn_mma.cu, "pv"): there lane 4g+t holds
@@ -219,51 +267,49 @@ SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, 
 }
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
-template <class DT>
-SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                            const float* km, int gran, int qmax, int rotate, u8* codes, float* scales,
-                            i8* codes8, float* scales8, int* nonfinite) {
+template <class DT, int DP>
+SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* km,
+                            int gran, int qmax, int rotate, u8* codes, float* scales, i8* codes8, float* scales8,
+                            int* nonfinite) {
+    typedef RowLayout<DP> RL;
     __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
     __shared__ float s_ginv8[32];
-    // INT4 codes need only half of s_codes; the INT8 copy (INT4 mode only) has its own buffer.
-    __shared__ __align__(16) u8 s_codes[QUANT_TOKENS * MAX_DP];
-    __shared__ __align__(16) u8 s_codes8[QUANT_TOKENS * MAX_DP];
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = k + (i64)b * sb + (i64)h * sh;
+    const bool vec = rows_vectorizable<DT>(base, sn, D);
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
-    float kmv[4];
-    load_channel_vec(km + head * Dp, Dp, lane, 0.0f, kmv);
-
-    float x[ROWS_PER_WARP][4];
-    // All 16 rows' loads first: a global store (the non-finite flag) between them would keep the
+    float x[RL::STEPS][8];
+    // Every row's loads first: a global store (the non-finite flag) between them would keep the
     // compiler from hoisting later loads above it (possible aliasing), one round trip per row.
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int n = t0 + warp * ROWS_PER_WARP + r;
-        load_row<DT>(base + (i64)n * sn, n < N, D, lane, x[r]);
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
     }
+    float kmv[8];
+    load_channel_vec8(km + head * DP, rl.sub, 0.0f, kmv);
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int n = t0 + warp * ROWS_PER_WARP + r;
-        const bool valid = n < N;
-        if (row_nonfinite(x[r]) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        if (row_nonfinite<RL::LPR>(x[s], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
         // smooth_k: K' = K - km (padding rows stay 0: they must not enter any amax)
-        if (valid) {
+        if (n < N) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) x[r][e] = x[r][e] - kmv[e];
+            for (int e = 0; e < 8; ++e) x[s][e] = x[s][e] - kmv[e];
         }
     }
     if (rotate) {
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; ++r) fwht_row(x[r], Dp, lane);
+        for (int s = 0; s < RL::STEPS; ++s) fwht_row<DP>(x[s], rl.sub);
     }
     __syncthreads();
-    tile_group_amax(x, warp, lane, gran, false, s_gmax);
+    tile_group_amax<DP>(x, warp, rl, gran, false, s_gmax);
     __syncthreads();
 
     const GroupShape gs = k_group_shape(gran);
@@ -283,110 +329,121 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     __syncthreads();
 
     const int npad = round_up(N, QUANT_TOKENS);
-    const int row_bytes = qmax == 7 ? Dp / 2 : Dp;
-    stage_codes(x, warp, lane, Dp, qmax, gran, false, s_ginv, s_codes);
+    const int row_bytes = qmax == 7 ? DP / 2 : DP;
+    store_codes<DP>(x, warp, rl, qmax, gran, false, s_ginv, codes + (head * npad + t0) * row_bytes);
     // Step 2: the INT8 codes of K' for dS, made by the same pass (INT4 mode with smooth_q).
-    if (codes8 != nullptr) stage_codes(x, warp, lane, Dp, 127, gran, false, s_ginv8, s_codes8);
-    __syncthreads();
-    copy_out_16(s_codes, codes + (head * npad + t0) * row_bytes, QUANT_TOKENS * row_bytes);
-    if (codes8 != nullptr) copy_out_16(s_codes8, (u8*)codes8 + (head * npad + t0) * Dp, QUANT_TOKENS * Dp);
+    if (codes8 != nullptr) store_codes<DP>(x, warp, rl, 127, gran, false, s_ginv8, (u8*)codes8 + (head * npad + t0) * DP);
 }
 
 // ---- quantize_q: Steps 2 (smooth_q), 2b, 3, and q.km for the log-sum-exp -----------------------
-template <class DT>
-SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp, int Hkv,
+template <class DT, int DP>
+SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Hkv,
                             const float* km, float* qkm, int smooth_q, float* qm_out, int gran, int qmax,
                             int rotate, u8* codes, float* scales, int* nonfinite) {
+    typedef RowLayout<DP> RL;
     __shared__ float s_carry[MAX_DP];
     __shared__ float s_mean[MAX_DP];
     __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
-    __shared__ __align__(16) u8 s_codes[QUANT_TOKENS * MAX_DP];
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = q + (i64)b * sb + (i64)h * sh;
+    const bool vec = rows_vectorizable<DT>(base, sn, D);
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
-    // km of the K/V head this query head reads (GQA), for q.km with the ORIGINAL q (Step 1).
-    float kmv[4];
-    const int hk = h / (H / Hkv);
-    load_channel_vec(qkm != nullptr ? km + ((i64)b * Hkv + hk) * Dp : nullptr, Dp, lane, 0.0f, kmv);
-
-    float x[ROWS_PER_WARP][4];
-    // All 16 rows' loads first (see quantize_k): the flag and q.km stores come after.
+    float x[RL::STEPS][8];
+    // Every row's loads first (see quantize_k): the flag and q.km stores come after.
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int n = t0 + warp * ROWS_PER_WARP + r;
-        load_row<DT>(base + (i64)n * sn, n < N, D, lane, x[r]);
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
     }
+    // km of the K/V head this query head reads (GQA), for q.km with the ORIGINAL q (Step 1).
+    float kmv[8];
+    const int hk = h / (H / Hkv);
+    load_channel_vec8(qkm != nullptr ? km + ((i64)b * Hkv + hk) * DP : nullptr, rl.sub, 0.0f, kmv);
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r) {
-        const int n = t0 + warp * ROWS_PER_WARP + r;
-        const bool valid = n < N;
-        if (row_nonfinite(x[r]) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
-        if (qkm != nullptr && valid) {
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        if (row_nonfinite<RL::LPR>(x[s], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
+        if (qkm != nullptr) {
             float d = 0.0f;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) d += x[r][e] * kmv[e];
-            d = warp_sum(d);
-            if (lane == 0) qkm[head * N + n] = d;
+            for (int e = 0; e < 8; ++e) d += x[s][e] * kmv[e];
+            d = row_sum<RL::LPR>(d);
+            if (rl.sub == 0 && n < N) qkm[head * N + n] = d;
         }
     }
 
     if (smooth_q) {
         // qm = mean of this tile's rows (the tile IS one smooth_q block: QUANT_TOKENS ==
-        // Q_SMOOTH_BLOCK), summed in row order as the CPU's channel_mean does: warp w continues the
-        // running sums of warp w-1, eight short serial steps, so qm is bit-identical to the CPU's.
+        // Q_SMOOTH_BLOCK), summed in row order as the CPU's channel_mean does: inside a warp each
+        // lane group adds its consecutive rows and hands the running sums to the next group; warp w
+        // continues the sums of warp w-1. Short serial steps, and qm is bit-identical to the CPU's.
         for (int w = 0; w < QUANT_WARPS; ++w) {
             if (warp == w) {
+                float c[8];
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = lane + 32 * e;
-                    float s = w == 0 ? 0.0f : s_carry[c];
+                for (int e = 0; e < 8; ++e) c[e] = w == 0 ? 0.0f : s_carry[8 * rl.sub + e];
 #pragma unroll
-                    for (int r = 0; r < ROWS_PER_WARP; ++r)
-                        if (t0 + w * ROWS_PER_WARP + r < N) s = s + x[r][e];
-                    s_carry[c] = s;
+                for (int g = 0; g < RL::RPI; ++g) {
+                    if (rl.grp == g) {
+#pragma unroll
+                        for (int s = 0; s < RL::STEPS; ++s) {
+                            if (t0 + rl.row(warp, s) < N) {
+#pragma unroll
+                                for (int e = 0; e < 8; ++e) c[e] = c[e] + x[s][e];
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) c[e] = __shfl_sync(FULL_MASK, c[e], g * RL::LPR + rl.sub);
+                }
+                if (rl.grp == 0) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) s_carry[8 * rl.sub + e] = c[e];
                 }
             }
             __syncthreads();
         }
-        if ((int)threadIdx.x < Dp) {
+        if ((int)threadIdx.x < DP) {
             const int c = threadIdx.x;
             const int count = min(QUANT_TOKENS, N - t0);
             s_mean[c] = c < D ? __fdiv_rn(s_carry[c], (float)count) : 0.0f;
         }
         __syncthreads();
-        float mv[4];
-        load_channel_vec(s_mean, Dp, lane, 0.0f, mv);
+        float mv[8];
+        load_channel_vec8(s_mean, rl.sub, 0.0f, mv);
         if (warp == 0) {
             // qm goes out rotated (it meets the rotated K' codes in dS); the rows subtract it unrotated
             // and are rotated afterwards, as in the CPU's prepare_q.
-            float qmr[4] = {mv[0], mv[1], mv[2], mv[3]};
-            if (rotate) fwht_row(qmr, Dp, lane);
-            const i64 blocks = ceil_div(N, Q_SMOOTH_BLOCK);
+            float qmr[8];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = lane + 32 * e;
-                if (c < Dp) qm_out[(head * blocks + tile) * Dp + c] = qmr[e];
+            for (int e = 0; e < 8; ++e) qmr[e] = mv[e];
+            if (rotate) fwht_row<DP>(qmr, rl.sub);
+            const i64 blocks = ceil_div(N, Q_SMOOTH_BLOCK);
+            if (rl.grp == 0) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) qm_out[(head * blocks + tile) * DP + 8 * rl.sub + e] = qmr[e];
             }
         }
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; ++r) {
-            if (t0 + warp * ROWS_PER_WARP + r < N) {
+        for (int s = 0; s < RL::STEPS; ++s) {
+            if (t0 + rl.row(warp, s) < N) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) x[r][e] = x[r][e] - mv[e];
+                for (int e = 0; e < 8; ++e) x[s][e] = x[s][e] - mv[e];
             }
         }
     }
     if (rotate) {
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_WARP; ++r) fwht_row(x[r], Dp, lane);
+        for (int s = 0; s < RL::STEPS; ++s) fwht_row<DP>(x[s], rl.sub);
     }
     __syncthreads();
-    tile_group_amax(x, warp, lane, gran, true, s_gmax);
+    tile_group_amax<DP>(x, warp, rl, gran, true, s_gmax);
     __syncthreads();
 
     const GroupShape gs = q_group_shape(gran);
@@ -402,114 +459,134 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     __syncthreads();
 
     const int npad = round_up(N, QUANT_TOKENS);
-    const int row_bytes = qmax == 7 ? Dp / 2 : Dp;
-    stage_codes(x, warp, lane, Dp, qmax, gran, true, s_ginv, s_codes);
-    __syncthreads();
-    copy_out_16(s_codes, codes + (head * npad + t0) * row_bytes, QUANT_TOKENS * row_bytes);
+    const int row_bytes = qmax == 7 ? DP / 2 : DP;
+    store_codes<DP>(x, warp, rl, qmax, gran, true, s_ginv, codes + (head * npad + t0) * row_bytes);
 }
 
-// ---- quantize_v_e4m3: Step 7, FP8 modes ----------------------------------------------------------
-// v8[n, c] = e4m3(V'[n, c] / sv[c]), written transposed and key-permuted: V^T [B, H, Dp, Npad]
-// bytes, key n of a 16-key group at slot v8_slot(n % 16).
-template <class DT>
-SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                                 const float* vm, const float* sv, u8* vt, int* nonfinite) {
-    __shared__ __align__(16) u8 s_vt[MAX_DP * VT8_STRIDE];
+// ---- quantize_v_e4m3 / quantize_v_f16: Step 7 ----------------------------------------------------
+// The V tile goes out transposed, V^T [B, H, Dp, Npad], through shared memory: each lane writes its
+// 8 channels of a key into 8 channel rows of the tile. Row c of the shared tile is stored rotated by
+// rot(c) words so that the lanes of one store, which write the same key column of different
+// channel rows, hit different banks; the copy-out undoes the rotation. `s_vt` is the entry point's
+// shared tile (one for both DP instantiations): DP * QUANT_TOKENS bytes (FP8) or halves (f16).
+
+// FP8: v8[n, c] = e4m3(V'[n, c] / sv[c]), bytes, key n of a 16-key group at slot v8_slot(n % 16).
+// A channel row is 32 words (128 keys). Rotating row c = 8*sub + e by sub * 256/DP words spreads
+// the 16 (DP = 128) or 8 (DP = 64) lanes of a lane group over distinct banks; the other lane groups
+// write keys whose slots share a word with group 0's (DP = 128) or sit 2 words on (DP = 64).
+template <int DP>
+SAGE_DEVICE int vt8_rot(int c) { return (c / 8) * (256 / DP); }
+
+template <class DT, int DP>
+SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
+                                 const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt) {
+    typedef RowLayout<DP> RL;
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = v + (i64)b * sb + (i64)h * sh;
+    const bool vec = rows_vectorizable<DT>(base, sn, D);
 
-    float vmv[4], svv[4];
-    load_channel_vec(vm != nullptr ? vm + head * Dp : nullptr, Dp, lane, 0.0f, vmv);
-    load_channel_vec(sv + head * Dp, Dp, lane, 1.0f, svv);
-
-    // Rows in batches of V_BATCH: the batch's loads are issued before any flag store (see quantize_k).
-    for (int r0 = 0; r0 < ROWS_PER_WARP; r0 += V_BATCH) {
-    float xb[V_BATCH][4];
+    float x[RL::STEPS][8];
 #pragma unroll
-    for (int rb = 0; rb < V_BATCH; ++rb) {
-        const int n = t0 + warp * ROWS_PER_WARP + r0 + rb;
-        load_row<DT>(base + (i64)n * sn, n < N, D, lane, xb[rb]);
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
     }
+    float vmv[8], svv[8];
+    load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
+    load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
+    u8* s_bytes = (u8*)s_vt;
 #pragma unroll
-    for (int rb = 0; rb < V_BATCH; ++rb) {
-        const int lr = warp * ROWS_PER_WARP + r0 + rb;
+    for (int s = 0; s < RL::STEPS; ++s) {
+        const int lr = rl.row(warp, s);
         const int n = t0 + lr;
-        const bool valid = n < N;
-        const float(&x)[4] = xb[rb];
-        if (row_nonfinite(x) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
+        if (row_nonfinite<RL::LPR>(x[s], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
         const int slot = (lr & ~15) | v8_slot(lr & 15);
+        // channel rows 8*sub + e are 128 bytes apart and share the rotation of channel 8*sub
+        u8* dst = s_bytes + (8 * rl.sub * 32 + (((slot / 4) + vt8_rot<DP>(8 * rl.sub)) & 31)) * 4 + slot % 4;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int c = lane + 32 * e;
-            if (c < Dp) {
-                // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off)
-                const u8 code = valid ? e4m3_encode(__fdiv_rn(x[e] - vmv[e], svv[e])) : (u8)0;
-                s_vt[c * VT8_STRIDE + slot] = code;
-            }
+        for (int e = 0; e < 8; ++e) {
+            // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off)
+            dst[e * 128] = n < N ? e4m3_encode(__fdiv_rn(x[s][e] - vmv[e], svv[e])) : (u8)0;
         }
-    }
     }
     __syncthreads();
     // Each channel row of the tile is 128 contiguous bytes of V^T: a warp stores one row.
     const int npad = round_up(N, QUANT_TOKENS);
-    for (int i = threadIdx.x; i < Dp * (QUANT_TOKENS / 4); i += QUANT_THREADS) {
-        const int c = i / (QUANT_TOKENS / 4), w = i % (QUANT_TOKENS / 4);
-        const u32 word = *(const u32*)(s_vt + c * VT8_STRIDE + 4 * w);
-        *(u32*)(vt + (head * Dp + c) * npad + t0 + 4 * w) = word;
+    for (int i = threadIdx.x; i < DP * 32; i += QUANT_THREADS) {
+        const int c = i / 32, w = i % 32;
+        *(u32*)(vt + (head * DP + c) * npad + t0 + 4 * w) = s_vt[c * 32 + ((w + vt8_rot<DP>(c)) & 31)];
     }
 }
 
-// ---- quantize_v_f16: Step 7, int8-fp16 mode ------------------------------------------------------
-// f16(V'[n, c]), written transposed: V^T [B, H, Dp, Npad] f16, keys in natural order.
-template <class DT>
-SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                                const float* vm, u16* vt, int* nonfinite) {
-    __shared__ __align__(16) u16 s_vt[MAX_DP * VT16_STRIDE];
+// f16: f16(V'[n, c]), keys in natural order. A channel row is 64 words (two keys per word); the
+// lane groups write keys 8 (DP = 128) or 4 (DP = 64) apart, i.e. 4 or 2 words on, so the rotation
+// interleaves the lanes of a group with those gaps: all 32 lanes of a store hit distinct banks.
+template <int DP>
+SAGE_DEVICE int vt16_rot(int c) {
+    constexpr int A = DP == 128 ? 4 : 2;
+    const int sub = c / 8;
+    return (sub % A) + 8 * (sub / A);
+}
+
+template <class DT, int DP>
+SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
+                                const float* vm, u16* vt, int* nonfinite, u32* s_vt) {
+    typedef RowLayout<DP> RL;
     const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
     const i64 head = (i64)b * H + h;
     const typename DT::T* base = v + (i64)b * sb + (i64)h * sh;
+    const bool vec = rows_vectorizable<DT>(base, sn, D);
 
-    float vmv[4];
-    load_channel_vec(vm != nullptr ? vm + head * Dp : nullptr, Dp, lane, 0.0f, vmv);
-
-    for (int r0 = 0; r0 < ROWS_PER_WARP; r0 += V_BATCH) {
-    float xb[V_BATCH][4];
+    float vmv[8];
+    load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
+    u16* s_halves = (u16*)s_vt;
+    // Rows in batches of V_BATCH steps (each batch's loads in flight together): all rows at once
+    // made ptxas spill at the 128-register bound.
+    for (int s0 = 0; s0 < RL::STEPS; s0 += V_BATCH) {
+        float x[V_BATCH][8];
 #pragma unroll
-    for (int rb = 0; rb < V_BATCH; ++rb) {
-        const int n = t0 + warp * ROWS_PER_WARP + r0 + rb;
-        load_row<DT>(base + (i64)n * sn, n < N, D, lane, xb[rb]);
-    }
-#pragma unroll
-    for (int rb = 0; rb < V_BATCH; ++rb) {
-        const int lr = warp * ROWS_PER_WARP + r0 + rb;
-        const int n = t0 + lr;
-        const bool valid = n < N;
-        const float(&x)[4] = xb[rb];
-        if (row_nonfinite(x) && lane == 0) flag_nonfinite(nonfinite, head * N + n);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int c = lane + 32 * e;
-            if (c < Dp) s_vt[c * VT16_STRIDE + lr] = valid ? f32_to_f16(x[e] - vmv[e]) : (u16)0;
+        for (int bi = 0; bi < V_BATCH; ++bi) {
+            const int n = t0 + rl.row(warp, s0 + bi);
+            load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[bi]);
         }
-    }
+#pragma unroll
+        for (int bi = 0; bi < V_BATCH; ++bi) {
+            const int s = s0 + bi;
+            const int lr = rl.row(warp, s);
+            const int n = t0 + lr;
+            if (row_nonfinite<RL::LPR>(x[bi], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
+            // channel rows 8*sub + e are 128 halves apart and share the rotation of channel 8*sub
+            u16* dst = s_halves + (8 * rl.sub * 64 + (((lr / 2) + vt16_rot<DP>(8 * rl.sub)) & 63)) * 2 + lr % 2;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dst[e * 128] = n < N ? f32_to_f16(x[bi][e] - vmv[e]) : (u16)0;
+        }
     }
     __syncthreads();
     const int npad = round_up(N, QUANT_TOKENS);
-    for (int i = threadIdx.x; i < Dp * (QUANT_TOKENS / 2); i += QUANT_THREADS) {
-        const int c = i / (QUANT_TOKENS / 2), w = i % (QUANT_TOKENS / 2);
-        const u32 word = *(const u32*)(s_vt + c * VT16_STRIDE + 2 * w);
-        *(u32*)(vt + (head * Dp + c) * npad + t0 + 2 * w) = word;
+    for (int i = threadIdx.x; i < DP * 64; i += QUANT_THREADS) {
+        const int c = i / 64, w = i % 64;
+        *(u32*)(vt + (head * DP + c) * npad + t0 + 2 * w) = s_vt[c * 64 + ((w + vt16_rot<DP>(c)) & 63)];
     }
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
 // One set per input dtype; parameter lists in ABI.md. quantize_*: grid (ceil(N/128), H, B), 256
-// threads; channel_stats_*: grid (Dp/32, H, B), 256 threads.
+// threads; channel_stats_*: grid (Dp/32, H, B), 256 threads. The quantize kernels are compiled per
+// padded head dim (Dp = 64 or 128) and picked by the uniform branch on Dp.
+
+#define SAGE_DP_DISPATCH(CALL, DT) \
+    if (Dp == 128) {               \
+        CALL(DT, 128);             \
+    } else {                       \
+        CALL(DT, 64);              \
+    }
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
     extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
@@ -521,27 +598,38 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, const float* km, int granularity, int qmax, int rotate, u8* codes,    \
                             float* scales, i8* codes8, float* scales8, int* nonfinite) {                  \
-        quantize_k<DT>(k, stride_b, stride_h, stride_n, H, N, D, Dp, km, granularity, qmax, rotate, codes, \
-                       scales, codes8, scales8, nonfinite);                                               \
+        SAGE_DP_DISPATCH(SAGE_QK_CALL, DT)                                                                    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_q_##SUFFIX(const DT::T* q, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, int Hkv, const float* km, float* qkm, int smooth_q, float* qm,        \
                             int granularity, int qmax, int rotate, u8* codes, float* scales,              \
                             int* nonfinite) {                                                             \
-        quantize_q<DT>(q, stride_b, stride_h, stride_n, H, N, D, Dp, Hkv, km, qkm, smooth_q, qm,          \
-                       granularity, qmax, rotate, codes, scales, nonfinite);                              \
+        SAGE_DP_DISPATCH(SAGE_QQ_CALL, DT)                                                                    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_e4m3_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
                                  int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite) { \
-        quantize_v_e4m3<DT>(v, stride_b, stride_h, stride_n, H, N, D, Dp, vm, sv, vt, nonfinite);          \
+        __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 4];                                     \
+        SAGE_DP_DISPATCH(SAGE_QV8_CALL, DT)                                                                   \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_f16_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,   \
                                 int D, int Dp, const float* vm, u16* vt, int* nonfinite) {                \
-        quantize_v_f16<DT>(v, stride_b, stride_h, stride_n, H, N, D, Dp, vm, vt, nonfinite);               \
+        __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 2];                                     \
+        SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
+
+#define SAGE_QK_CALL(DT, DPV)                                                                                 \
+    quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km, granularity, qmax, rotate, codes,   \
+                        scales, codes8, scales8, nonfinite)
+#define SAGE_QQ_CALL(DT, DPV)                                                                                 \
+    quantize_q<DT, DPV>(q, stride_b, stride_h, stride_n, H, N, D, Hkv, km, qkm, smooth_q, qm, granularity, \
+                        qmax, rotate, codes, scales, nonfinite)
+#define SAGE_QV8_CALL(DT, DPV) \
+    quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, sv, vt, nonfinite, s_vt)
+#define SAGE_QV16_CALL(DT, DPV) \
+    quantize_v_f16<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, vt, nonfinite, s_vt)
 
 #ifdef SAGE_WANT_F16
 SAGE_QUANT_ENTRIES(f16, DtF16)

@@ -54,6 +54,10 @@ typedef long long i64;
 struct __align__(16) U32x4 {
     u32 x, y, z, w;
 };
+// 8 bytes as one vector access; needs 8-byte aligned addresses.
+struct __align__(8) U32x2 {
+    u32 x, y;
+};
 
 SAGE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
 SAGE_DEVICE float pos_inf() { return __int_as_float(0x7f800000); }

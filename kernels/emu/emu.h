@@ -99,6 +99,16 @@ inline int __any_sync(unsigned mask, int pred) {
     return (int)out;
 }
 
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    assert(mask == 0xffffffffu);
+    uint64_t in = pred != 0;
+    unsigned out = 0;
+    emu_warp_exchange(&in, 1, [&](uint64_t (*s)[16]) {
+        for (int l = 0; l < 32; ++l) out |= (unsigned)(s[l][0] & 1) << l;
+    });
+    return out;
+}
+
 inline int atomicMin(int* p, int v) {
     std::lock_guard<std::mutex> g(emu_atomic_mutex);
     int old = *p;

@@ -66,14 +66,29 @@ impl Module {
         }
     }
 
-    /// One self-contained translation unit: NVRTC gets no include paths.
-    pub fn amalgamated(self) -> String {
+    /// One self-contained translation unit: NVRTC gets no include paths. The sources are the ones
+    /// built into the binary, or, when `SAGE_KERNEL_DIR` names a copy of `kernels/`, read from
+    /// there at run time (kernel work on a GPU machine without a Rust toolchain; the cache key is
+    /// the text, so an edited file is recompiled).
+    pub fn amalgamated(self) -> Result<String> {
+        let dir = std::env::var_os("SAGE_KERNEL_DIR").map(PathBuf::from);
+        let read = |rel: String, built_in: &str| -> Result<String> {
+            match &dir {
+                None => Ok(built_in.to_string()),
+                Some(d) => std::fs::read_to_string(d.join(&rel)).map_err(|e| Error::Compile {
+                    kernel: rel.clone(),
+                    log: format!("SAGE_KERNEL_DIR={}: {e}", d.display()),
+                }),
+            }
+        };
         let mut text = String::from("#define SAGE_AMALGAMATED 1\n");
         for (name, body) in HEADERS {
+            let body = read(format!("common/{name}"), body)?;
             text.push_str(&format!("// ---- common/{name}\n{body}\n"));
         }
-        text.push_str(&format!("// ---- {}\n{}", self.file(), self.source()));
-        text
+        let body = read(self.file().to_string(), self.source())?;
+        text.push_str(&format!("// ---- {}\n{body}", self.file()));
+        Ok(text)
     }
 }
 
@@ -182,7 +197,7 @@ pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
         kernel: format!("{kernel} ({arch})"),
         log,
     };
-    let src = CString::new(module.amalgamated()).map_err(|e| compile_err(e.to_string()))?;
+    let src = CString::new(module.amalgamated()?).map_err(|e| compile_err(e.to_string()))?;
     let name = CString::new(kernel.clone()).map_err(|e| compile_err(e.to_string()))?;
     let opts: Vec<CString> = options(arch)
         .into_iter()
@@ -256,7 +271,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
     let (major, minor) = nvrtc_version()?;
     let mut hash = Sha256::new();
-    hash.update(module.amalgamated().as_bytes());
+    hash.update(module.amalgamated()?.as_bytes());
     hash.update(options(arch).join(" ").as_bytes());
     hash.update(format!("nvrtc {major}.{minor}").as_bytes());
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
