@@ -239,7 +239,7 @@ pub const CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// `SAGE_*` variables that belong to a backend or the test harness, not to the config layers.
-pub const ENV_PASSTHROUGH: [&str; 10] = [
+pub const ENV_PASSTHROUGH: [&str; 12] = [
     "SAGE_WGPU_ADAPTER",
     "SAGE_CUDA_CACHE_DIR",
     "SAGE_CUDA_DEVICE",
@@ -250,6 +250,8 @@ pub const ENV_PASSTHROUGH: [&str; 10] = [
     "SAGE_REAL_QKV",
     "SAGE_BENCH_N",
     "SAGE_BENCH_BACKENDS",
+    "SAGE_MODEL_DIR",
+    "SAGE_SKIP_MODEL",
 ];
 
 /// One layer of settings: each key set or not.

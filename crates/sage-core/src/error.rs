@@ -93,6 +93,11 @@ pub enum Error {
     /// A file was read but its content is not what it claims.
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+
+    // ---- models ----
+    /// A model's forward pass failed (a framework error, or sage's own seen through the framework).
+    #[error("model {model}: {reason}")]
+    Model { model: String, reason: String },
 }
 
 /// sage's result type.

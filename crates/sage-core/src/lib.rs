@@ -8,6 +8,7 @@ pub mod error;
 pub mod io;
 pub mod metrics;
 pub mod numerics;
+pub mod plan;
 pub mod random;
 pub mod reference;
 pub mod tensor;
@@ -21,5 +22,6 @@ pub use config::{AttentionParams, BackendChoice, Config, ConfigLayer, Granularit
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use plan::{Plan, Target};
 pub use reference::{Reference, reference_attention};
 pub use tensor::{DType, Layout, Shape, Storage, Tensor};
