@@ -979,6 +979,75 @@ impl AttentionBackend for CudaBackend {
     }
 }
 
+/// Sharing a device with another library (sage-candle's `cuda` feature: candle's stream and
+/// memory). Additive: the backend made here is the same backend, on a stream it does not own.
+impl CudaBackend {
+    /// A backend on `stream` and its context, which another library made (candle's, for one):
+    /// sage's buffers and kernels then live on that library's stream, so its device memory passes
+    /// to sage without host round trips. The context's event tracking is left as its owner set it.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let unavailable = |reason: String| Error::Unavailable {
+            backend: NAME,
+            reason,
+        };
+        nvrtc::ensure_nvrtc()?;
+        let ctx = stream.context().clone();
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        if cc < (8, 0) {
+            return Err(unavailable(format!(
+                "compute capability {}.{} (the kernels need sm_80 or newer)",
+                cc.0, cc.1
+            )));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(CudaBackend {
+            arch: arch_for(cc.0, cc.1),
+            device: format!("{name} (sm_{}{})", cc.0, cc.1),
+            cc,
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            poison: cfg!(debug_assertions)
+                || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    /// A device tensor of `meta` holding a copy of `src`, device memory of this backend's
+    /// context (a device-to-device copy on the backend's stream).
+    pub fn upload_device_bytes(
+        &self,
+        src: &cudarc::driver::CudaView<'_, u8>,
+        meta: TensorMeta,
+    ) -> Result<DeviceTensor> {
+        Self::check_size(&meta)?;
+        let bytes = meta.shape.numel() * meta.dtype.size_bytes();
+        if src.len() != bytes {
+            return Err(Error::shape(
+                "upload_device_bytes",
+                format!("{bytes} bytes for {} {}", meta.dtype, meta.shape),
+                format!("{} bytes", src.len()),
+            ));
+        }
+        let mut buf = self.alloc(bytes)?;
+        if bytes > 0 {
+            let mut dst = buf.slice_mut(0..bytes);
+            self.stream
+                .memcpy_dtod(src, &mut dst)
+                .map_err(|e| driver_error("upload_device_bytes", e))?;
+        }
+        Ok(DeviceTensor::new(meta, NAME, Box::new(GpuTensor { buf })))
+    }
+
+    /// The device memory of a tensor this backend made: its elements in the first
+    /// `numel * dtype size` bytes (buffers are rounded up to whole 4-byte words).
+    pub fn device_bytes<'a>(&self, t: &'a DeviceTensor) -> Result<&'a CudaSlice<u8>> {
+        Ok(&t.handle::<GpuTensor>(NAME)?.buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
