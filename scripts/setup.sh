@@ -12,3 +12,5 @@ fi
 if ! python3 -c "import nvidia.cu13" >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check nvidia-cuda-nvrtc==13.0.88 'nvidia-cuda-runtime==13.0.*'
 fi
+# all-MiniLM-L6-v2 for `sage model minilm`, `sage calibrate --model minilm` and tests/model.rs
+"$(dirname "$0")/fetch-minilm.sh"

@@ -1,4 +1,4 @@
-//! The `sage` command: `info`, `run`.
+//! The `sage` command: `info`, `run`, `bench`, `kernels`, `model`, `calibrate`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+
+mod model;
 
 use sage::random::{Distribution, Rng, random_qkv};
 use sage::{
@@ -36,6 +38,10 @@ enum Command {
     Run(Box<RunArgs>),
     /// Times every mode on resident inputs: a table of TOPS, JSON lines and an SVG plot.
     Bench(Box<BenchArgs>),
+    /// Runs a real model (all-MiniLM-L6-v2) with sage attention and compares it with exact attention.
+    Model(Box<ModelArgs>),
+    /// Scores every mode per layer (and head) on calibration inputs and writes a plan.
+    Calibrate(Box<CalibrateArgs>),
     /// Compiles every CUDA kernel with NVRTC for an architecture (no GPU needed).
     Kernels {
         /// sm_80, sm_86, sm_89 or sm_90a (repeatable).
@@ -147,6 +153,60 @@ struct RunArgs {
     /// One JSON object per input instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The model: `minilm` (all-MiniLM-L6-v2).
+    #[arg(value_name = "MODEL")]
+    name: String,
+    #[command(flatten)]
+    settings: Settings,
+    /// The model's files (default: $SAGE_MODEL_DIR, else ~/.cache/sage/minilm, which
+    /// scripts/fetch-minilm.sh fills).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Also run the per-layer modes of a plan from `sage calibrate`.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Sentence pairs, `kind<TAB>sentence<TAB>sentence` lines (default: the built-in ones).
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// One JSON object per row instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Calibrate a model that runs here: `minilm`.
+    #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+    model: Option<String>,
+    /// Captured q/k/v safetensors (a file or a directory, as `sage run --input`); each file is one
+    /// layer of the plan, named after the file.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// The score `cos * (1 - rel_l1)` every choice must meet, in [0, 1].
+    #[arg(long)]
+    threshold: f64,
+    /// Where to write the plan (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// The device to rank modes for: cpu, wgpu, cuda-sm80, cuda-sm86, cuda-sm89, cuda-sm90
+    /// (default: the backend that runs the calibration).
+    #[arg(long)]
+    target: Option<String>,
+    /// Choose per head as well as per layer.
+    #[arg(long)]
+    per_head: bool,
+    /// The model's files (as for `sage model`).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Calibration text for a model, one input per line (default: the built-in text).
+    #[arg(long)]
+    text: Option<PathBuf>,
 }
 
 impl Settings {
@@ -516,6 +576,8 @@ fn main() -> ExitCode {
         Command::Info { json } => info(*json),
         Command::Run(args) => run(args),
         Command::Bench(args) => bench(args),
+        Command::Model(args) => model::run(args),
+        Command::Calibrate(args) => model::calibrate(args),
         Command::Kernels { arch, out } => kernels(arch, out.as_deref()),
     };
     match result {

@@ -263,3 +263,179 @@ fn info_lists_every_backend() {
             .is_some_and(|m| m.len() == 4)
     );
 }
+
+/// Where the captured MiniLM inputs are: `SAGE_REAL_QKV`, else `shared/data/real-qkv` beside the repo.
+fn real_qkv_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SAGE_REAL_QKV") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real-qkv")
+}
+
+#[test]
+fn calibrate_input_writes_a_plan_of_the_captures() {
+    let dir = scratch("calibrate");
+    let captures = dir.join("captures");
+    std::fs::create_dir_all(&captures).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["minilm_p00_l0.safetensors", "minilm_p00_l5.safetensors"] {
+        std::fs::copy(real_qkv_dir().join(name), captures.join(name))
+            .unwrap_or_else(|e| panic!("real-qkv data is missing ({e}); set SAGE_REAL_QKV"));
+    }
+    let plan_path = dir.join("plan.json");
+    let captures_arg = captures.to_str().unwrap_or("");
+    let plan_arg = plan_path.to_str().unwrap_or("");
+    for (target, threshold, want) in [
+        // the fastest mode on Hopper that scores 0.97 on these captures (int4-fp8 never)
+        ("cuda-sm90", "0.97", "int8-fp8"),
+        // on the CPU int8-fp16 is the fastest, and it scores 0.99
+        ("cpu", "0.97", "int8-fp16"),
+        // nothing quantized scores 0.9999: exact
+        ("cuda-sm89", "0.9999", "exact"),
+    ] {
+        let out = sage(
+            &[
+                "calibrate",
+                "--backend",
+                "cpu",
+                "--input",
+                captures_arg,
+                "--threshold",
+                threshold,
+                "--target",
+                target,
+                "--per-head",
+                "--out",
+                plan_arg,
+            ],
+            &[],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let plan = sage::Plan::load(&plan_path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.target, target);
+        assert_eq!(plan.heads, 12);
+        let names: Vec<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["minilm_p00_l0", "minilm_p00_l5"]);
+        for layer in &plan.layers {
+            assert_eq!(layer.mode.name(), want, "{target}: {layer:?}");
+            assert_eq!(layer.heads.as_ref().map(Vec::len), Some(12));
+            if target == "cuda-sm90" {
+                assert!(layer.candidates.iter().all(|c| c.mode.name() != "int4-fp8"));
+            }
+        }
+        assert!(text(&out.stdout).contains("minilm_p00_l5"));
+    }
+    // a threshold out of range, and a plan that does not load, are one-line errors
+    let out = sage(
+        &[
+            "calibrate",
+            "--input",
+            captures_arg,
+            "--threshold",
+            "1.5",
+            "--out",
+            plan_arg,
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("threshold"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"version": 7}"#).unwrap_or_else(|e| panic!("{e}"));
+    let out = sage(
+        &[
+            "model",
+            "minilm",
+            "--backend",
+            "cpu",
+            "--plan",
+            bad.to_str().unwrap_or(""),
+        ],
+        &[],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("version 7 is not supported") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn model_without_its_files_says_how_to_fetch_them() {
+    let out = sage(
+        &["model", "minilm", "--model-dir", "/nonexistent/minilm"],
+        &[],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("scripts/fetch-minilm.sh"), "{err}");
+    let out = sage(&["model", "gpt5"], &[], None);
+    assert!(text(&out.stderr).contains("minilm"));
+}
+
+#[test]
+fn model_prints_a_row_per_mode() {
+    let dir = sage_candle::minilm::default_model_dir();
+    if !dir.join("model.safetensors").is_file()
+        && std::env::var("SAGE_SKIP_MODEL").is_ok_and(|v| v == "1")
+    {
+        println!("skipped (SAGE_SKIP_MODEL=1): no model in {}", dir.display());
+        return;
+    }
+    let dir_arg = dir.to_str().unwrap_or("");
+    let out = sage(
+        &[
+            "model",
+            "minilm",
+            "--backend",
+            "cpu",
+            "--model-dir",
+            dir_arg,
+        ],
+        &[],
+        None,
+    );
+    let table = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n(the model comes from scripts/fetch-minilm.sh; SAGE_SKIP_MODEL=1 skips)",
+        text(&out.stderr)
+    );
+    for row in [
+        "| exact",
+        "| int8-fp16",
+        "| int8-fp8 per-thread",
+        "| int4-fp8 per-warp +rotate",
+    ] {
+        assert!(table.contains(row), "no row {row}:\n{table}");
+    }
+    let out = sage(
+        &[
+            "model",
+            "minilm",
+            "--backend",
+            "cpu",
+            "--mode",
+            "int8-fp8",
+            "--json",
+            "--model-dir",
+            dir_arg,
+        ],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["attention"], "int8-fp8 per-warp");
+    assert!(v["min_cos"].as_f64().unwrap_or(0.0) >= 0.999, "{line}");
+}

@@ -1,5 +1,5 @@
 //! The loaders a user feeds files to never panic: truncated, bit-flipped and random safetensors
-//! bytes and arbitrary config text all give a value or an error. (The cargo-fuzz targets in `fuzz/`
+//! bytes, arbitrary config text and mutated plans all give a value or an error. (The cargo-fuzz targets in `fuzz/`
 //! explore the same functions with coverage guidance; this test runs everywhere on stable Rust.)
 
 use std::collections::HashMap;
@@ -7,7 +7,10 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use sage::random::{Distribution, Rng, random_qkv};
-use sage::{ConfigLayer, DType, Layout, Shape, io};
+use sage::{ConfigLayer, DType, Layout, Plan, Shape, io};
+
+/// A valid plan (`sage calibrate --input` on two real-qkv captures).
+const PLAN: &str = include_str!("../crates/sage-core/tests/data/plan.json");
 
 fn valid_file() -> Vec<u8> {
     let s = Shape::new(1, 2, 5, 8);
@@ -41,6 +44,19 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = io::parse_qkv(&bytes, Path::new("random.safetensors"));
+    }
+
+    #[test]
+    fn plan_mutations_never_panic(cut in 0usize..6000, flips in prop::collection::vec((0usize..6000, 0u8..128), 0..6)) {
+        let mut bytes = PLAN.as_bytes().to_vec();
+        for (at, byte) in flips {
+            let i = at % bytes.len();
+            bytes[i] = byte;
+        }
+        bytes.truncate(cut.min(bytes.len()));
+        if let Ok(plan) = Plan::from_json_str(&String::from_utf8_lossy(&bytes), "fuzz.json") {
+            prop_assert!(plan.validate().is_ok());
+        }
     }
 
     #[test]
