@@ -40,16 +40,6 @@
 // groups of 4 banks, so no bank conflicts; the padding keeps every row 16-byte aligned for cp.async.
 #define ROW_PAD_WORDS 4
 
-// sm_90 has no FP8 mma.sync of its own: ptxas turns `mma.sync ... e4m3` into f16 HMMA after each
-// warp converts both operands (F2FP.F16.E4M3.UNPACK), so every warp converted the whole V tile
-// again. There the INT8-FP8 kernel ("V16") converts each V tile once per CTA, in shared memory,
-// into f16 rows in natural key order, and multiplies f16 carriers of the same E4M3 values (P and
-// V) with the f16 mma: the same products and per-tile accumulation, a quarter of the conversions.
-#if __CUDA_ARCH__ >= 900
-#define SAGE_FP8_PV_VIA_F16 1
-#else
-#define SAGE_FP8_PV_VIA_F16 0
-#endif
 
 // int -> float for |n| < 2^22 without the (quarter-rate) I2F unit: the f32 with bits
 // 0x4B400000 + n is exactly 1.5 * 2^23 + n (the ulp is 1 there), so subtracting 1.5 * 2^23 gives n
@@ -105,21 +95,15 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     constexpr int NT = S_NTILES;
     typedef typename OUT::T OutT;
     // INT8-FP8: K and V tiles are double-buffered (39.7 KiB for Dp = 128, under the 48 KiB static
-    // limit), so each tile's copy is issued one whole KV tile ahead of its use. On sm_90 (V16) the
-    // f16 copy of V takes the place of the second V buffer: the FP8 slot is free again once it is
-    // converted, and V_{j+1} is issued then (46.8 KiB). The other modes (f16 V^T is twice as
-    // large; INT4 carries an INT8 twin of K) keep one buffer of each, where K_{j+1} overlaps only the
-    // pv of tile j and V_j only the scores of tile j.
-    constexpr bool V16 = QBITS == 8 && PV_FP8 && SAGE_FP8_PV_VIA_F16;
-    constexpr bool DB = QBITS == 8 && PV_FP8 && !V16;  // K and V double-buffered
-    constexpr bool KDB = DB || V16;                    // K double-buffered
-    constexpr int K_STAGES = KDB ? 2 : 1, V_STAGES = DB ? 2 : 1;
+    // limit), so each tile's copy is issued one whole KV tile ahead of its use. The other modes
+    // (f16 V^T is twice as large; INT4 carries an INT8 twin of K) keep one buffer of each, where K_{j+1}
+    // overlaps only the pv of tile j and V_j only the scores of tile j.
+    constexpr bool DB = QBITS == 8 && PV_FP8;
+    constexpr int STAGES = DB ? 2 : 1;
     constexpr int K_STAGE_BYTES = KV_TILE * KROW * 4, V_STAGE_BYTES = DP * VROW * 4;
-    constexpr int V16ROW = KV_TILE / 2 + ROW_PAD_WORDS;
 
-    __shared__ __align__(16) u32 s_k[K_STAGES * KV_TILE * KROW];
-    __shared__ __align__(16) u32 s_v[V_STAGES * DP * VROW];
-    __shared__ __align__(16) u32 s_v16[V16 ? DP * V16ROW : 4];
+    __shared__ __align__(16) u32 s_k[STAGES * KV_TILE * KROW];
+    __shared__ __align__(16) u32 s_v[STAGES * DP * VROW];
     __shared__ __align__(16) u32 s_k8[QBITS == 4 ? KV_TILE * K8ROW : 4];
     __shared__ float s_qm[DP];
     __shared__ float s_ds[KV_TILE];
@@ -137,7 +121,6 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     const bool is_causal = causal != 0;
     const bool smooth = qm != nullptr;
     const float logit_scale = __fmul_rn(sm_scale, LOG2_E);
-    (void)s_v16;
 
     // Q fragments, kept in registers for the whole KV loop. Rows up to nq_pad exist (zero codes).
     u32 qf[KSTEPS][4];
@@ -207,36 +190,11 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     // are V_j then K_{j+1}; V_{j+1} goes into the slot V_{j-1} left (free since (A) of tile j).
     // Single buffer: K_{j+1} into the only K slot. Empty groups are committed on the last tile so
     // the wait_group counts stay uniform.
-    // V16: V_j's FP8 tile (channel rows, keys in v8_slot order) to f16 channel rows in natural key
-    // order. Slot pair (2i, 2i+1) of a 16-key group holds keys kk, kk+1, kk = 2*(i/2) + 8*(i%2), so
-    // the eight converted pairs of a group go to f16 words i/2 + 4*(i%2).
-    auto convert_v16 = [&]() {
-#if __CUDA_ARCH__ >= 890
-        for (int i = tid; i < DP * (KV_TILE / 16); i += ATT_THREADS) {
-            const int c = i / (KV_TILE / 16), grp = i % (KV_TILE / 16);
-            const U32x4 w = *(const U32x4*)(s_v + c * VROW + grp * 4);
-            const u32 b[4] = {w.x, w.y, w.z, w.w};
-            u32 hw[8];
-#pragma unroll
-            for (int pr = 0; pr < 8; ++pr) hw[pr / 2 + 4 * (pr % 2)] = e4m3x2_to_f16x2((u16)(b[pr / 2] >> (16 * (pr % 2))));
-            U32x4* dst = (U32x4*)(s_v16 + c * V16ROW + grp * 8);
-            dst[0] = U32x4{hw[0], hw[1], hw[2], hw[3]};
-            dst[1] = U32x4{hw[4], hw[5], hw[6], hw[7]};
-        }
-#endif
-    };
     auto stage_c = [&](int j, int slot) {
         if (DB) {
             cp_async_wait_group<1>();
             __syncthreads();
             if (j + 1 < n_tiles) load_v(j + 1, slot ^ 1);
-            cp_async_commit();
-        } else if (V16) {
-            cp_async_wait_group<1>();  // pending were V_j, K_{j+1}: V_j landed
-            __syncthreads();  // (C): V_j visible; every warp is done with K_j, dS and the f16 V_{j-1}
-            convert_v16();
-            __syncthreads();  // (C2): the f16 V_j visible; the FP8 slot is free
-            if (j + 1 < n_tiles) load_v(j + 1, 0);
             cp_async_commit();
         } else {
             cp_async_wait_all();
@@ -249,7 +207,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     };
 
     OnlineSoftmax<NT> sm;
-    sm.init();
+    sm.init(PV_FP8 ? LOG2_E4M3_MAX : 0.0f);  // FP8: p comes out as 448 p, ready for e4m3
     float o[CT][4];
 #pragma unroll
     for (int ct = 0; ct < CT; ++ct) o[ct][0] = o[ct][1] = o[ct][2] = o[ct][3] = 0.0f;
@@ -257,22 +215,22 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     if (n_tiles > 0) {
         load_k(0, 0);
         cp_async_commit();
-        if (KDB) {
+        if (DB) {
             load_v(0, 0);
             cp_async_commit();
         }
     }
-    float sk_next = KDB && n_tiles > 0 ? load_sk(0) : 0.0f;
+    float sk_next = DB && n_tiles > 0 ? load_sk(0) : 0.0f;
     for (int j = 0; j < n_tiles; ++j) {
-        const int slot = KDB ? (j & 1) : 0, vslot = DB ? (j & 1) : 0;
-        const u32 k_tile = s_k_base + slot * K_STAGE_BYTES, v_tile = s_v_base + vslot * V_STAGE_BYTES;
+        const int slot = DB ? (j & 1) : 0;
+        const u32 k_tile = s_k_base + slot * K_STAGE_BYTES, v_tile = s_v_base + slot * V_STAGE_BYTES;
         // DB: the K scale is fetched one tile ahead, so its global-load latency is off the scores'
         // path (a load placed after the ldmatrix/mma asm cannot be moved above them). The
         // single-buffer modes load it where it is used, as before (moving it tipped the INT8-FP16
         // Dp = 128 kernel into spills).
         const float sk_pre = sk_next;
-        if (KDB && j + 1 < n_tiles) sk_next = load_sk(j + 1);
-        if (KDB) {
+        if (DB && j + 1 < n_tiles) sk_next = load_sk(j + 1);
+        if (DB) {
             cp_async_wait_group<1>();  // pending were K_j, V_j: K_j landed
             __syncthreads();  // (A): K_j landed for everyone; every warp is done with K_{j-1}, V_{j-1}
             if (j + 1 < n_tiles) load_k(j + 1, slot ^ 1);
@@ -332,15 +290,17 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                     }
                 }
             }
-            const float sk = KDB ? sk_pre : load_sk(j);
-            // Dequantize as the CPU, with sm_scale * log2(e) folded into sq (and into dS):
-            // (dot * sq') * sk (+ dS'); the _rn intrinsics keep the compiler from contracting these
-            // into FMAs.
+            const float sk = DB ? sk_pre : load_sk(j);
+            // Dequantize with one product per score: dot * (sq' * sk) (+ dS'), sq' = sq * sm_scale *
+            // log2(e) (dS' likewise). The CPU's ((dot * sq) * sk) * sm_scale * log2(e) rounds three
+            // times instead of twice: a rounding-level difference (ALGORITHM.md Step 3 allows the
+            // fold). The _rn intrinsics keep the compiler from contracting these into FMAs.
+            const float sqk = __fmul_rn(sq, sk);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float v = __fmul_rn(__fmul_rn(int_to_float_exact(acc[nt][e]), sq), sk);
+                    float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk);
                     if (smooth) v = __fadd_rn(v, s_ds[8 * nt + 2 * t + (e & 1)]);
                     s[nt][e] = v;
                 }
@@ -362,21 +322,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
         sm.update(s, alpha);
 
         // ---- pv ----
-        if constexpr (V16) {
-#if __CUDA_ARCH__ >= 890
-            // p8 = e4m3(448 p) in f16 carriers, in the f16 A layout (see pv_f16_tile)
-            u32 pf[4][4];
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-                pf[ks][0] = pack_e4m3_as_f16x2(E4M3_MAX * s[2 * ks][0], E4M3_MAX * s[2 * ks][1]);
-                pf[ks][1] = pack_e4m3_as_f16x2(E4M3_MAX * s[2 * ks][2], E4M3_MAX * s[2 * ks][3]);
-                pf[ks][2] = pack_e4m3_as_f16x2(E4M3_MAX * s[2 * ks + 1][0], E4M3_MAX * s[2 * ks + 1][1]);
-                pf[ks][3] = pack_e4m3_as_f16x2(E4M3_MAX * s[2 * ks + 1][2], E4M3_MAX * s[2 * ks + 1][3]);
-            }
-            stage_c(j, vslot);  // (C), conversion, (C2)
-            pv_f16_tile<CT>(o, pf, smem_addr(s_v16), V16ROW, alpha, lane);
-#endif
-        } else if constexpr (PV_FP8) {
+        if constexpr (PV_FP8) {
 #if __CUDA_ARCH__ >= 890
             // P as the A operand of m16n8k32 e4m3, straight from the accumulator layout: for each
             // 32-key k-step, register 0 of lane 4g+t = row g, keys {2t, 2t+1, 8+2t, 9+2t} (S n-tiles
@@ -386,16 +332,16 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 #pragma unroll
             for (int ks = 0; ks < 2; ++ks) {
                 const int a = 4 * ks;
-                pf[ks][0] = pack4_e4m3(E4M3_MAX * s[a][0], E4M3_MAX * s[a][1], E4M3_MAX * s[a + 1][0],
-                                       E4M3_MAX * s[a + 1][1]);
-                pf[ks][1] = pack4_e4m3(E4M3_MAX * s[a][2], E4M3_MAX * s[a][3], E4M3_MAX * s[a + 1][2],
-                                       E4M3_MAX * s[a + 1][3]);
-                pf[ks][2] = pack4_e4m3(E4M3_MAX * s[a + 2][0], E4M3_MAX * s[a + 2][1], E4M3_MAX * s[a + 3][0],
-                                       E4M3_MAX * s[a + 3][1]);
-                pf[ks][3] = pack4_e4m3(E4M3_MAX * s[a + 2][2], E4M3_MAX * s[a + 2][3], E4M3_MAX * s[a + 3][2],
-                                       E4M3_MAX * s[a + 3][3]);
+                pf[ks][0] = pack4_e4m3(s[a][0], s[a][1], s[a + 1][0],
+                                       s[a + 1][1]);
+                pf[ks][1] = pack4_e4m3(s[a][2], s[a][3], s[a + 1][2],
+                                       s[a + 1][3]);
+                pf[ks][2] = pack4_e4m3(s[a + 2][0], s[a + 2][1], s[a + 3][0],
+                                       s[a + 3][1]);
+                pf[ks][3] = pack4_e4m3(s[a + 2][2], s[a + 2][3], s[a + 3][2],
+                                       s[a + 3][3]);
             }
-            stage_c(j, vslot);  // (C): V_j landed; every warp is done with K_j and dS
+            stage_c(j, slot);  // (C): V_j landed; every warp is done with K_j and dS
 #pragma unroll
             for (int ct = 0; ct < CT; ++ct) {
                 // channels 8ct..8ct+7: matrices = word groups 0-3, 4-7 (k-step 0), 8-11, 12-15 (k-step 1)
@@ -422,7 +368,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                 pf[ks][2] = pack_f16x2(s[2 * ks + 1][0], s[2 * ks + 1][1]);
                 pf[ks][3] = pack_f16x2(s[2 * ks + 1][2], s[2 * ks + 1][3]);
             }
-            stage_c(j, vslot);  // (C)
+            stage_c(j, slot);  // (C)
             pv_f16_tile<CT>(o, pf, v_tile, VROW, alpha, lane);
         }
     }
@@ -437,7 +383,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
         const int row = r == 0 ? row0 : row1;
         if (row >= Nq) continue;
         const float l = sm.l[r];
-        const float denom = PV_FP8 ? __fmul_rn(E4M3_MAX, l) : l;
+        const float denom = l;  // FP8: l sums 448 p
         OutT* orow = obase + (i64)row * o_sn;
 #pragma unroll
         for (int ct = 0; ct < CT; ++ct) {

@@ -387,7 +387,9 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
             if (warp == w) {
                 float c[8];
 #pragma unroll
-                for (int e = 0; e < 8; ++e) c[e] = w == 0 ? 0.0f : s_carry[8 * rl.sub + e];
+                // Only group 0 reads the carry (the others' start is replaced by the first hand-over),
+                // so the lanes that read s_carry are the ones that write it back.
+                for (int e = 0; e < 8; ++e) c[e] = (w == 0 || rl.grp != 0) ? 0.0f : s_carry[8 * rl.sub + e];
 #pragma unroll
                 for (int g = 0; g < RL::RPI; ++g) {
                     if (rl.grp == g) {
@@ -477,6 +479,16 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
 template <int DP>
 SAGE_DEVICE int vt8_rot(int c) { return (c / 8) * (256 / DP); }
 
+// Two values to two E4M3 codes (`lo` in the low byte), nearest even, saturating: the hardware
+// conversion where there is one (the FP8 modes run on sm_89+ only), the same rule in software else.
+SAGE_DEVICE u16 e4m3_pair(float lo, float hi) {
+#if __CUDA_ARCH__ >= 890
+    return pack2_e4m3(lo, hi);
+#else
+    return (u16)(e4m3_encode(lo) | ((u16)e4m3_encode(hi) << 8));
+#endif
+}
+
 template <class DT, int DP>
 SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
                                  const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt) {
@@ -498,20 +510,28 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     float vmv[8], svv[8];
     load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
     load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
-    u8* s_bytes = (u8*)s_vt;
+    float rcp[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) rcp[e] = __frcp_rn(svv[e]);
 #pragma unroll
     for (int s = 0; s < RL::STEPS; ++s) {
-        const int lr = rl.row(warp, s);
-        const int n = t0 + lr;
+        const int n = t0 + rl.row(warp, s);
         if (row_nonfinite<RL::LPR>(x[s], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
-        const int slot = (lr & ~15) | v8_slot(lr & 15);
-        // channel rows 8*sub + e are 128 bytes apart and share the rotation of channel 8*sub
-        u8* dst = s_bytes + (8 * rl.sub * 32 + (((slot / 4) + vt8_rot<DP>(8 * rl.sub)) & 31)) * 4 + slot % 4;
+        // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off); V' / sv
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off)
-            dst[e * 128] = n < N ? e4m3_encode(__fdiv_rn(x[s][e] - vmv[e], svv[e])) : (u8)0;
-        }
+        for (int e = 0; e < 8; ++e) x[s][e] = n < N ? div_for_e4m3(x[s][e] - vmv[e], svv[e], rcp[e]) : 0.0f;
+    }
+    // Keys lr and lr + 1 (s even) sit in adjacent slots (v8_slot keeps k % 2): one 16-bit store per
+    // channel for the pair. Channel rows 8*sub + e are 128 bytes apart and share the rotation of
+    // channel 8*sub.
+    u16* s_pairs = (u16*)s_vt;
+#pragma unroll
+    for (int s = 0; s < RL::STEPS; s += 2) {
+        const int lr = rl.row(warp, s);
+        const int slot = (lr & ~15) | v8_slot(lr & 15);
+        u16* dst = s_pairs + (8 * rl.sub * 32 + (((slot / 4) + vt8_rot<DP>(8 * rl.sub)) & 31)) * 2 + (slot % 4) / 2;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e * 64] = e4m3_pair(x[s][e], x[s + 1][e]);
     }
     __syncthreads();
     // Each channel row of the tile is 128 contiguous bytes of V^T: a warp stores one row.

@@ -2,10 +2,10 @@
 // infinities, 0x7F/0xFF NaN, largest finite 448, subnormals m/8 * 2^-6 (ALGORITHM.md, "FP8 E4M3").
 //
 // Two encoders with the same rounding rule (nearest, ties to even, saturating at +-448, NaN stays NaN):
-// - `e4m3_encode` (here): integer/f32 arithmetic, every architecture. The quantization stage uses it
-//   so quantize_v_e4m3_* gives the same codes on any GPU; it is the rule of numerics/fp8.rs step by step.
-// - `pack4_e4m3` (ptx.cuh): the hardware `cvt.rn.satfinite.e4m3x2.f32` (sm_89+), for P inside the
-//   attention kernels.
+// - `e4m3_encode` (here): integer/f32 arithmetic, every architecture; the rule of numerics/fp8.rs
+//   step by step.
+// - `pack4_e4m3` / `pack2_e4m3` (ptx.cuh): the hardware `cvt.rn.satfinite.e4m3x2.f32` (sm_89+), for P
+//   inside the attention kernels and for V in quantize_v_e4m3 (the FP8 modes need sm_89+ anyway).
 #ifndef SAGE_FP8_CUH
 #define SAGE_FP8_CUH
 
@@ -39,6 +39,27 @@ SAGE_DEVICE u8 e4m3_encode(float x) {
     u32 code = ((u32)(e + 7) << 3) | (u32)(m - 8);
     if (code > E4M3_CODE_MAX) code = E4M3_CODE_MAX;  // 448 < a < 464 rounds to 448 anyway; belt and braces
     return (u8)(sign | code);
+}
+
+// True when q may lie within a few ulp of an E4M3 rounding boundary (a midpoint between two codes):
+// there an error of an ulp or two in q could change its code. Normal range (|q| >= 2^-6): the 20
+// mantissa bits below E4M3's three are 0x80000 at a midpoint; subnormal range: q * 512 is a half
+// integer there. Generous margins: a false alarm only costs one exact division.
+SAGE_DEVICE bool e4m3_near_tie(float q) {
+    const float a = fabsf(q);
+    if (a < 0.015625f) {
+        const float t = a * 512.0f;  // exact
+        return fabsf(t - floorf(t) - 0.5f) < 1e-4f;
+    }
+    return (__float_as_uint(a) & 0xFFFFFu) - 0x7FFF0u <= 0x20u;
+}
+
+// fl(x / s), as far as its E4M3 code is concerned: x * rcp (rcp = fl(1 / s), within 2 ulp of the
+// quotient) unless that lands near a rounding boundary, then the correctly rounded division. So
+// e4m3 codes of the result equal those of __fdiv_rn(x, s) (the CPU's V' / sv), at a product's cost.
+SAGE_DEVICE float div_for_e4m3(float x, float s, float rcp) {
+    const float q = __fmul_rn(x, rcp);
+    return e4m3_near_tie(q) ? __fdiv_rn(x, s) : q;
 }
 
 #endif  // SAGE_FP8_CUH

@@ -22,6 +22,8 @@ typedef long long i64;
 #define LN_2 0.69314718055994530942f
 // Largest finite E4M3 value; P is scaled by it before encoding (Step 6), V' is divided by sv = amax/448 (Step 7).
 #define E4M3_MAX 448.0f
+// log2(448), rounded to f32
+#define LOG2_E4M3_MAX 8.80735492f
 // Queries per smooth_q mean (Step 2).
 #define Q_SMOOTH_BLOCK 128
 // Tokens per quantization CTA: a multiple of every scale-group block (128, 64, 32) and equal to

@@ -60,18 +60,11 @@ SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
     return (u32)lo | ((u32)hi << 16);
 }
-// Two E4M3 codes (a 16-bit pair, the low byte the lower k) to two f16 in one word, same order; exact.
-SAGE_DEVICE u32 e4m3x2_to_f16x2(u16 pair) {
-    u32 r;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r) : "h"(pair));
+// Two f32 to two E4M3 codes in 16 bits, `lo` in the low byte; rounding as pack4_e4m3.
+SAGE_DEVICE u16 pack2_e4m3(float lo, float hi) {
+    u16 r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
     return r;
-}
-// e4m3(lo), e4m3(hi) (nearest even, satfinite) carried in an f16x2 word: exactly the operand an FP8
-// mma would multiply, for the f16 mma that sm_90 runs `mma.sync ... e4m3` on anyway (attn_mma.cu).
-SAGE_DEVICE u32 pack_e4m3_as_f16x2(float lo, float hi) {
-    u16 p;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(p) : "f"(hi), "f"(lo));
-    return e4m3x2_to_f16x2(p);
 }
 #endif
 

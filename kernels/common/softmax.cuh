@@ -16,11 +16,16 @@
 template <int NT>
 struct OnlineSoftmax {
     float m[2];  // running max of the base-2 logits of rows g, g+8 (-inf: nothing seen yet)
-    float l[2];  // this lane's share of the running sum of the unquantized p
+    float l[2];  // this lane's share of the running sum of the unquantized p (times the gain)
+    float gain;  // log2 of the factor p is produced at: p = 2^gain * exp2(L - m)
 
-    SAGE_DEVICE void init() {
+    // `log2_gain`: the FP8 modes want 448 p (the E4M3 range); producing it as exp2(L - (m - log2 448))
+    // saves one multiply per score, and l, the sum of the same values, carries the factor to the
+    // final division. A rounding-level difference from 448 * exp2(L - m), like exp2.approx itself.
+    SAGE_DEVICE void init(float log2_gain = 0.0f) {
         m[0] = m[1] = neg_inf();
         l[0] = l[1] = 0.0f;
+        gain = log2_gain;
     }
 
     // `update`: turns one KV tile's logits into p = exp2(L - m_new) in place and returns the
@@ -36,8 +41,9 @@ struct OnlineSoftmax {
             for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
             bm = quad_max(bm);
             const float m_new = fmaxf(m[r], bm);
-            const float base = m_new == neg_inf() ? 0.0f : m_new;
-            alpha[r] = ex2(m[r] - base);
+            const float mb = m_new == neg_inf() ? 0.0f : m_new;
+            alpha[r] = ex2(m[r] - mb);
+            const float base = mb - gain;
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -56,11 +62,11 @@ struct OnlineSoftmax {
         l[1] = quad_sum(l[1]);
     }
 
-    // Natural log-sum-exp of the base-2 logits of row r (after reduce_rows): (m + log2 l) * ln 2,
-    // -inf for a row that saw no key (l == 0).
+    // Natural log-sum-exp of the base-2 logits of row r (after reduce_rows): (m + log2 l) * ln 2
+    // (less the gain), -inf for a row that saw no key (l == 0).
     SAGE_DEVICE float lse(int r) const {
         if (l[r] == 0.0f) return neg_inf();
-        return __fmul_rn(__fadd_rn(m[r], log2f(l[r])), LN_2);
+        return __fmul_rn(__fadd_rn(m[r], __fsub_rn(log2f(l[r]), gain)), LN_2);
     }
 };
 

@@ -54,12 +54,7 @@ SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
     return (u32)emu_cvt_e4m3(a) | ((u32)emu_cvt_e4m3(b) << 8) | ((u32)emu_cvt_e4m3(c) << 16) |
            ((u32)emu_cvt_e4m3(d) << 24);
 }
-SAGE_DEVICE u32 e4m3x2_to_f16x2(u16 pair) {
-    return pack_f16x2(emu_e4m3_decode((u8)(pair & 0xff)), emu_e4m3_decode((u8)(pair >> 8)));
-}
-SAGE_DEVICE u32 pack_e4m3_as_f16x2(float lo, float hi) {
-    return e4m3x2_to_f16x2((u16)(emu_cvt_e4m3(lo) | ((u16)emu_cvt_e4m3(hi) << 8)));
-}
+SAGE_DEVICE u16 pack2_e4m3(float lo, float hi) { return (u16)(emu_cvt_e4m3(lo) | ((u16)emu_cvt_e4m3(hi) << 8)); }
 
 // ---- mma: from the PTX ISA fragment tables ----
 // Element access: reg `i` of a lane holds elements [i*per, (i+1)*per) "low to high".
