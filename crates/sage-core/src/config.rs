@@ -239,9 +239,10 @@ pub const CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// `SAGE_*` variables that belong to a backend or the test harness, not to the config layers.
-pub const ENV_PASSTHROUGH: [&str; 12] = [
+pub const ENV_PASSTHROUGH: [&str; 13] = [
     "SAGE_WGPU_ADAPTER",
     "SAGE_CUDA_CACHE_DIR",
+    "SAGE_KERNEL_DIR",
     "SAGE_CUDA_DEVICE",
     "SAGE_CUDA_POISON",
     "SAGE_NVRTC_DIR",
