@@ -269,6 +269,13 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 
         // ---- scores ----
         float s[NT][4];
+        float sqk;
+        // Unmasked tiles without dS (most of them) take the softmax straight from the unscaled dot
+        // products: sqk > 0, so the row max of dot * sqk is fl(max dot * sqk), and each logit's
+        // product folds into the exponent's subtraction (one FMA; rounding-level, as exp2.approx).
+        // (INT8-FP8 only: in the INT8-FP16 kernel the second path made ptxas spill.)
+        const bool fused = PV_FP8 && QBITS == 8 && !smooth && logit_scale > 0.0f &&
+                           !tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal);
         {
             int acc[NT][4];
 #pragma unroll
@@ -295,31 +302,38 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             // log2(e) (dS' likewise). The CPU's ((dot * sq) * sk) * sm_scale * log2(e) rounds three
             // times instead of twice: a rounding-level difference (ALGORITHM.md Step 3 allows the
             // fold). The _rn intrinsics keep the compiler from contracting these into FMAs.
-            const float sqk = __fmul_rn(sq, sk);
+            sqk = __fmul_rn(sq, sk);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk);
-                    if (smooth) v = __fadd_rn(v, s_ds[8 * nt + 2 * t + (e & 1)]);
+                    float v = int_to_float_exact(acc[nt][e]);
+                    if (!fused) {
+                        v = __fmul_rn(v, sqk);
+                        if (smooth) v = __fadd_rn(v, s_ds[8 * nt + 2 * t + (e & 1)]);
+                    }
                     s[nt][e] = v;
-                }
-            }
-        }
-        // ---- causal_mask (and keys >= Nk) ----
-        if (tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal)) {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = j * KV_TILE + 8 * nt + 2 * t + (e & 1);
-                    if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) s[nt][e] = neg_inf();
                 }
             }
         }
         // ---- online_softmax: s becomes p ----
         float alpha[2];
-        sm.update(s, alpha);
+        if (fused) {
+            sm.update_scaled(s, sqk, alpha);
+        } else {
+            // ---- causal_mask (and keys >= Nk) ----
+            if (tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal)) {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = j * KV_TILE + 8 * nt + 2 * t + (e & 1);
+                        if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) s[nt][e] = neg_inf();
+                    }
+                }
+            }
+            sm.update(s, alpha);
+        }
 
         // ---- pv ----
         if constexpr (PV_FP8) {

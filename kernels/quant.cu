@@ -140,26 +140,36 @@ SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f :
 // (`__float2int_rn`), exactly numerics/quant.rs. `ginv` holds qmax/amax of each of the tile's
 // scale groups (0 for an all-zero group, which gives code 0).
 template <int DP>
+SAGE_DEVICE void store_code_row(const float (&x)[8], int lr, RowLayout<DP> rl, int qmax, float inv, u8* dst) {
+    int code[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) code[k] = max(-qmax, min(qmax, __float2int_rn(__fmul_rn(x[k], inv))));
+    if (qmax == 7) {
+        u32 w = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w |= (u32)pack_int4_pair(code[2 * k], code[2 * k + 1]) << (8 * k);
+        *(u32*)(dst + lr * (DP / 2) + 4 * rl.sub) = w;
+    } else {
+        u32 w[2] = {0u, 0u};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) w[k / 4] |= ((u32)(u8)(i8)code[k]) << (8 * (k % 4));
+        *(U32x2*)(dst + lr * DP + 8 * rl.sub) = U32x2{w[0], w[1]};
+    }
+}
+
+// Every row of the lane: codes with `ginv` into `dst`, and, when `dst8` is set, INT8 codes with
+// `ginv8` into `dst8` from the same values (quantize_k's copy for dS), row by row so that each row's
+// values die after its stores.
+template <int DP>
 SAGE_DEVICE void store_codes(const float (&x)[RowLayout<DP>::STEPS][8], int warp, RowLayout<DP> rl, int qmax,
-                             int gran, bool is_q, const float* ginv, u8* dst) {
+                             int gran, bool is_q, const float* ginv, u8* dst, const float* ginv8 = nullptr,
+                             u8* dst8 = nullptr) {
 #pragma unroll
     for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
         const int lr = rl.row(warp, s);
-        const float inv = ginv[is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr)];
-        int code[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) code[k] = max(-qmax, min(qmax, __float2int_rn(__fmul_rn(x[s][k], inv))));
-        if (qmax == 7) {
-            u32 w = 0;
-#pragma unroll
-            for (int k = 0; k < 4; ++k) w |= (u32)pack_int4_pair(code[2 * k], code[2 * k + 1]) << (8 * k);
-            *(u32*)(dst + lr * (DP / 2) + 4 * rl.sub) = w;
-        } else {
-            u32 w[2] = {0u, 0u};
-#pragma unroll
-            for (int k = 0; k < 8; ++k) w[k / 4] |= ((u32)(u8)(i8)code[k]) << (8 * (k % 4));
-            *(U32x2*)(dst + lr * DP + 8 * rl.sub) = U32x2{w[0], w[1]};
-        }
+        const int g = is_q ? q_scale_group(gran, lr) : k_scale_group(gran, lr);
+        store_code_row<DP>(x[s], lr, rl, qmax, ginv[g], dst);
+        if (dst8 != nullptr) store_code_row<DP>(x[s], lr, rl, 127, ginv8[g], dst8);
     }
 }
 
@@ -330,9 +340,9 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
 
     const int npad = round_up(N, QUANT_TOKENS);
     const int row_bytes = qmax == 7 ? DP / 2 : DP;
-    store_codes<DP>(x, warp, rl, qmax, gran, false, s_ginv, codes + (head * npad + t0) * row_bytes);
-    // Step 2: the INT8 codes of K' for dS, made by the same pass (INT4 mode with smooth_q).
-    if (codes8 != nullptr) store_codes<DP>(x, warp, rl, 127, gran, false, s_ginv8, (u8*)codes8 + (head * npad + t0) * DP);
+    // Step 2: the INT8 codes of K' for dS come from the same pass (INT4 mode with smooth_q).
+    store_codes<DP>(x, warp, rl, qmax, gran, false, s_ginv, codes + (head * npad + t0) * row_bytes, s_ginv8,
+                    codes8 != nullptr ? (u8*)codes8 + (head * npad + t0) * DP : nullptr);
 }
 
 // ---- quantize_q: Steps 2 (smooth_q), 2b, 3, and q.km for the log-sum-exp -----------------------

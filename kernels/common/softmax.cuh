@@ -29,21 +29,14 @@ struct OnlineSoftmax {
     }
 
     // `update`: turns one KV tile's logits into p = exp2(L - m_new) in place and returns the
-    // factor alpha = exp2(m_old - m_new) that rescales the running state of each row. When every
-    // logit so far is -inf (causal rows that see nothing yet) the reference skips the block; here
-    // m_new = -inf is replaced by 0 so that alpha = p = 0 and the state stays exactly zero, which is
-    // the same thing without a branch (and -inf - -inf never happens).
+    // factor alpha = exp2(m_old - m_new) that rescales the running state of each row (see advance).
     SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float bm = neg_inf();
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            bm = quad_max(bm);
-            const float m_new = fmaxf(m[r], bm);
-            const float mb = m_new == neg_inf() ? 0.0f : m_new;
-            alpha[r] = ex2(m[r] - mb);
-            const float base = mb - gain;
+            const float base = advance(r, bm, alpha);
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -52,8 +45,41 @@ struct OnlineSoftmax {
                 sum += s[nt][2 * r] + s[nt][2 * r + 1];
             }
             l[r] = l[r] * alpha[r] + sum;
-            m[r] = m_new;
         }
+    }
+
+    // `update` for logits L = d * scale given as the unscaled d (scale >= 0, no -inf): the block max
+    // is fl(max d * scale) (multiplying by scale >= 0 keeps the order), and each p = exp2(d * scale -
+    // base) with one FMA.
+    SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float bm = neg_inf();
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            const float base = advance(r, __fmul_rn(bm, scale), alpha);
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[nt][2 * r] = ex2(__fmaf_rn(s[nt][2 * r], scale, -base));
+                s[nt][2 * r + 1] = ex2(__fmaf_rn(s[nt][2 * r + 1], scale, -base));
+                sum += s[nt][2 * r] + s[nt][2 * r + 1];
+            }
+            l[r] = l[r] * alpha[r] + sum;
+        }
+    }
+
+    // The running max of row r takes this lane's block max `bm` (reduced over the quad here); sets
+    // alpha[r] = exp2(m_old - m_new) and returns the exponent base m_new - gain. When every logit so
+    // far is -inf (causal rows that see nothing yet) the reference skips the block; here m_new = -inf
+    // is replaced by 0 so that alpha = p = 0 and the state stays exactly zero, which is the same
+    // thing without a branch (and -inf - -inf never happens).
+    SAGE_DEVICE float advance(int r, float bm, float (&alpha)[2]) {
+        const float m_new = fmaxf(m[r], quad_max(bm));
+        const float mb = m_new == neg_inf() ? 0.0f : m_new;
+        alpha[r] = ex2(m[r] - mb);
+        m[r] = m_new;
+        return mb - gain;
     }
 
     // `finalize`, part one: the row sums over the quad. Call once, after the last tile.
