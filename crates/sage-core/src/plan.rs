@@ -259,16 +259,9 @@ fn check_choice(c: &Choice, what: &str) -> std::result::Result<(), String> {
         ));
     }
     if !(c.score.is_finite() && (-1.0..=1.0).contains(&c.score)) {
-        return Err(format!(
-            "{what}: score {} is not in [-1, 1]",
-            format_number(c.score)
-        ));
+        return Err(format!("{what}: score {} is not in [-1, 1]", c.score));
     }
     Ok(())
-}
-
-fn format_number(x: f64) -> String {
-    format!("{x}")
 }
 
 impl Plan {
@@ -346,7 +339,7 @@ impl Plan {
         if !(self.threshold.is_finite() && (0.0..=1.0).contains(&self.threshold)) {
             return Err(format!(
                 "threshold {} is out of range: a score threshold is in [0, 1]",
-                format_number(self.threshold)
+                self.threshold
             ));
         }
         if let Err(e) = self.target.parse::<Target>() {
