@@ -269,7 +269,11 @@ fn real_qkv_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("SAGE_REAL_QKV") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real-qkv")
+    // cargo sets CARGO_MANIFEST_DIR when it runs the test too: prefer that to the compile-time
+    // value, which names whichever checkout last built this binary into a shared target dir
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .map_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.join("../shared/data/real-qkv")
 }
 
 #[test]
