@@ -141,6 +141,15 @@ impl WgpuBackend {
         list_adapters()
     }
 
+    /// Destroys the device, as a driver reset or a removed GPU would: every later call on this
+    /// backend fails with `Error::DeviceLost`. For tests of that path (and for a caller that must
+    /// release the GPU before the backend is dropped).
+    pub fn lose_device(&self) {
+        self.gpu.device.destroy();
+        // The lost callback runs from the device's maintenance; one poll delivers it.
+        let _ = self.gpu.device.poll(wgpu::PollType::Poll);
+    }
+
     /// True when the device can time passes with timestamp queries.
     pub fn has_timestamps(&self) -> bool {
         self.gpu.timestamps
@@ -994,6 +1003,7 @@ impl AttentionBackend for WgpuBackend {
     }
 
     fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        self.gpu.check_lost()?;
         let meta = t.meta();
         let buffer = &t.handle::<GpuTensor>(NAME)?.buffer;
         let n = meta.shape.numel();
