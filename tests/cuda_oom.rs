@@ -29,10 +29,16 @@ fn out_of_memory_is_an_error_and_recoverable() {
             Ok(t) => held.push(t),
             Err(e) => break e,
         }
-        assert!(held.len() < 512, "1 TiB uploaded without running out of memory");
+        assert!(
+            held.len() < 512,
+            "1 TiB uploaded without running out of memory"
+        );
     };
     println!("out of memory after {} GiB: {oom}", 2 * held.len());
-    assert!(matches!(oom, Error::OutOfMemory { .. }), "wrong error: {oom}");
+    assert!(
+        matches!(oom, Error::OutOfMemory { .. }),
+        "wrong error: {oom}"
+    );
 
     // An attention call while the device is full: an error, not a crash.
     let s = Shape::new(1, 8, 4096, 128);
