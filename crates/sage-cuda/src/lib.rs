@@ -163,13 +163,16 @@ struct Marks {
     end: cudarc::driver::CudaEvent,
 }
 
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable {
+        backend: NAME,
+        reason,
+    }
+}
+
 impl CudaBackend {
     /// Opens CUDA device `SAGE_CUDA_DEVICE` (default 0), or says why it cannot.
     pub fn new() -> Result<Self> {
-        let unavailable = |reason: String| Error::Unavailable {
-            backend: NAME,
-            reason,
-        };
         // SAFETY: only probes whether libcuda can be opened (cudarc panics later if it cannot).
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable(
@@ -195,7 +198,12 @@ impl CudaBackend {
         // One stream orders everything; cudarc's per-buffer event tracking would only add overhead.
         // SAFETY: no buffer exists yet, and every buffer of this backend lives on `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        Self::on_stream(ctx.default_stream())
+    }
+
+    /// The backend on `stream` (of a context that is already open): checks the architecture.
+    fn on_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
         let cc = ctx
             .compute_capability()
             .map_err(|e| unavailable(format!("{e:?}")))?;
@@ -986,33 +994,8 @@ impl CudaBackend {
     /// sage's buffers and kernels then live on that library's stream, so its device memory passes
     /// to sage without host round trips. The context's event tracking is left as its owner set it.
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
-        let unavailable = |reason: String| Error::Unavailable {
-            backend: NAME,
-            reason,
-        };
         nvrtc::ensure_nvrtc()?;
-        let ctx = stream.context().clone();
-        let cc = ctx
-            .compute_capability()
-            .map_err(|e| unavailable(format!("{e:?}")))?;
-        if cc < (8, 0) {
-            return Err(unavailable(format!(
-                "compute capability {}.{} (the kernels need sm_80 or newer)",
-                cc.0, cc.1
-            )));
-        }
-        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
-        Ok(CudaBackend {
-            arch: arch_for(cc.0, cc.1),
-            device: format!("{name} (sm_{}{})", cc.0, cc.1),
-            cc,
-            ctx,
-            stream,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            poison: cfg!(debug_assertions)
-                || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
-        })
+        Self::on_stream(stream)
     }
 
     /// A device tensor of `meta` holding a copy of `src`, device memory of this backend's
