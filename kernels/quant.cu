@@ -80,6 +80,19 @@ SAGE_DEVICE void load_row8(const typename DT::T* row, bool valid, int d, int sub
     }
 }
 
+// Every row of the lane's part of the tile (tokens t0 + rl.row(warp, s)), all loads issued before
+// anything else: a global store (the non-finite flag) between them would keep the compiler from
+// hoisting later loads above it (possible aliasing), one round trip per row.
+template <class DT, int DP>
+SAGE_DEVICE void load_tile_rows(const typename DT::T* base, i64 sn, int N, int D, int t0, int warp, RowLayout<DP> rl,
+                                bool vec, float (&x)[RowLayout<DP>::STEPS][8]) {
+#pragma unroll
+    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
+        const int n = t0 + rl.row(warp, s);
+        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
+    }
+}
+
 // A per-head vector of Dp floats (km, vm, sv) in the row layout; `fill` where absent.
 SAGE_DEVICE void load_channel_vec8(const float* v, int sub, float fill, float (&x)[8]) {
 #pragma unroll
@@ -132,6 +145,29 @@ SAGE_DEVICE void tile_group_amax(const float (&x)[RowLayout<DP>::STEPS][8], int 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
 SAGE_DEVICE float quant_scale(float amax, int qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, (float)qmax); }
 SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f : __fdiv_rn((float)qmax, amax); }
+
+// The tile's scale groups from their absmax in `gmax`: qmax/amax of each into `ginv` (for K also
+// 127/amax into `ginv8`, for quantize_k's INT8 copy), and the scales of the groups that exist into
+// `scales` (`scales8`). A barrier must follow before `ginv` is read.
+template <bool IS_Q>
+SAGE_DEVICE void tile_group_scales(int gran, int qmax, int N, int t0, i64 head, const u32* gmax, float* ginv,
+                                   float* scales, float* ginv8 = nullptr, float* scales8 = nullptr) {
+    const bool is_q = IS_Q;
+    const GroupShape gs = is_q ? q_group_shape(gran) : k_group_shape(gran);
+    const int tile_groups = (QUANT_TOKENS / gs.block) * gs.subs;
+    const int total = is_q ? q_scale_groups(gran, N) : k_scale_groups(gran, N);
+    const int g0 = (t0 / gs.block) * gs.subs;
+    if ((int)threadIdx.x < tile_groups) {
+        const int i = threadIdx.x;
+        const float amax = __uint_as_float(gmax[i]);
+        ginv[i] = quant_inv(amax, qmax);
+        if (!IS_Q) ginv8[i] = quant_inv(amax, 127);
+        if (g0 + i < total) {
+            scales[head * total + g0 + i] = quant_scale(amax, qmax);
+            if (scales8 != nullptr) scales8[head * total + g0 + i] = quant_scale(amax, 127);
+        }
+    }
+}
 
 // Quantizes the lane's rows (already smoothed and rotated) and stores the codes straight into
 // `dst`, the tile's first code row in the padded global buffer: INT8 one byte per channel (row =
@@ -295,13 +331,7 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     float x[RL::STEPS][8];
-    // Every row's loads first: a global store (the non-finite flag) between them would keep the
-    // compiler from hoisting later loads above it (possible aliasing), one round trip per row.
-#pragma unroll
-    for (int s = 0; s < RL::STEPS; ++s) {
-        const int n = t0 + rl.row(warp, s);
-        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
-    }
+    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
     float kmv[8];
     load_channel_vec8(km + head * DP, rl.sub, 0.0f, kmv);
 #pragma unroll
@@ -322,20 +352,7 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     tile_group_amax<DP>(x, warp, rl, gran, false, s_gmax);
     __syncthreads();
 
-    const GroupShape gs = k_group_shape(gran);
-    const int tile_groups = (QUANT_TOKENS / gs.block) * gs.subs;
-    const int total = k_scale_groups(gran, N);
-    const int g0 = (t0 / gs.block) * gs.subs;
-    if ((int)threadIdx.x < tile_groups) {
-        const int i = threadIdx.x;
-        const float amax = __uint_as_float(s_gmax[i]);
-        s_ginv[i] = quant_inv(amax, qmax);
-        s_ginv8[i] = quant_inv(amax, 127);
-        if (g0 + i < total) {
-            scales[head * total + g0 + i] = quant_scale(amax, qmax);
-            if (scales8 != nullptr) scales8[head * total + g0 + i] = quant_scale(amax, 127);
-        }
-    }
+    tile_group_scales<false>(gran, qmax, N, t0, head, s_gmax, s_ginv, scales, s_ginv8, scales8);
     __syncthreads();
 
     const int npad = round_up(N, QUANT_TOKENS);
@@ -365,12 +382,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     float x[RL::STEPS][8];
-    // Every row's loads first (see quantize_k): the flag and q.km stores come after.
-#pragma unroll
-    for (int s = 0; s < RL::STEPS; ++s) {
-        const int n = t0 + rl.row(warp, s);
-        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
-    }
+    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
     // km of the K/V head this query head reads (GQA), for q.km with the ORIGINAL q (Step 1).
     float kmv[8];
     const int hk = h / (H / Hkv);
@@ -458,16 +470,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     tile_group_amax<DP>(x, warp, rl, gran, true, s_gmax);
     __syncthreads();
 
-    const GroupShape gs = q_group_shape(gran);
-    const int tile_groups = (QUANT_TOKENS / gs.block) * gs.subs;
-    const int total = q_scale_groups(gran, N);
-    const int g0 = (t0 / gs.block) * gs.subs;
-    if ((int)threadIdx.x < tile_groups) {
-        const int i = threadIdx.x;
-        const float amax = __uint_as_float(s_gmax[i]);
-        s_ginv[i] = quant_inv(amax, qmax);
-        if (g0 + i < total) scales[head * total + g0 + i] = quant_scale(amax, qmax);
-    }
+    tile_group_scales<true>(gran, qmax, N, t0, head, s_gmax, s_ginv, scales);
     __syncthreads();
 
     const int npad = round_up(N, QUANT_TOKENS);
@@ -512,11 +515,7 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     const bool vec = rows_vectorizable<DT>(base, sn, D);
 
     float x[RL::STEPS][8];
-#pragma unroll
-    for (int s = 0; s < RL::STEPS; ++s) {
-        const int n = t0 + rl.row(warp, s);
-        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
-    }
+    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
     float vmv[8], svv[8];
     load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
     load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);

@@ -28,41 +28,31 @@ struct OnlineSoftmax {
         gain = log2_gain;
     }
 
-    // `update`: turns one KV tile's logits into p = exp2(L - m_new) in place and returns the
+    // `update`: turns one KV tile's logits s into p = exp2(L - m_new) in place and returns the
     // factor alpha = exp2(m_old - m_new) that rescales the running state of each row (see advance).
-    SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float bm = neg_inf();
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            const float base = advance(r, bm, alpha);
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                s[nt][2 * r] = ex2(s[nt][2 * r] - base);
-                s[nt][2 * r + 1] = ex2(s[nt][2 * r + 1] - base);
-                sum += s[nt][2 * r] + s[nt][2 * r + 1];
-            }
-            l[r] = l[r] * alpha[r] + sum;
-        }
+    SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) { update_rows<false>(s, 0.0f, alpha); }
+
+    // `update` for logits L = s * scale given as the unscaled s (scale > 0, no -inf; the INT8-FP8
+    // kernel's unmasked tiles): multiplying by a positive scale keeps the order, so the block max is
+    // fl(max s * scale), and each p takes one FMA.
+    SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+        update_rows<true>(s, scale, alpha);
     }
 
-    // `update` for logits L = d * scale given as the unscaled d (scale >= 0, no -inf): the block max
-    // is fl(max d * scale) (multiplying by scale >= 0 keeps the order), and each p = exp2(d * scale -
-    // base) with one FMA.
-    SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+    template <bool SCALED>
+    SAGE_DEVICE void update_rows(float (&s)[NT][4], float scale, float (&alpha)[2]) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float bm = neg_inf();
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            const float base = advance(r, __fmul_rn(bm, scale), alpha);
+            const float base = advance(r, SCALED ? __fmul_rn(bm, scale) : bm, alpha);
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                s[nt][2 * r] = ex2(__fmaf_rn(s[nt][2 * r], scale, -base));
-                s[nt][2 * r + 1] = ex2(__fmaf_rn(s[nt][2 * r + 1], scale, -base));
+#pragma unroll
+                for (int c = 2 * r; c < 2 * r + 2; ++c)
+                    s[nt][c] = ex2(SCALED ? __fmaf_rn(s[nt][c], scale, -base) : s[nt][c] - base);
                 sum += s[nt][2 * r] + s[nt][2 * r + 1];
             }
             l[r] = l[r] * alpha[r] + sum;
