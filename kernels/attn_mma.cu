@@ -41,11 +41,6 @@
 #define ROW_PAD_WORDS 4
 
 
-// int -> float for |n| < 2^22 without the (quarter-rate) I2F unit: the f32 with bits
-// 0x4B400000 + n is exactly 1.5 * 2^23 + n (the ulp is 1 there), so subtracting 1.5 * 2^23 gives n
-// exactly, the same value as (float)n. |dot| <= 128 * 127^2 < 2^21 for INT8 codes (INT4 less).
-SAGE_DEVICE float int_to_float_exact(int n) { return __fsub_rn(__int_as_float(0x4B400000 + n), 12582912.0f); }
-
 // O = O * alpha + P V_tile for one KV tile with the f16 mma (m16n8k16). P is the A operand in the
 // S accumulator layout: the layout of S n-tiles 2ks, 2ks+1 is already the A layout (k = 2t, 2t+1
 // and 2t+8, 2t+9), no permutation. `v_tile`: V^T, DP channel rows of `vrow` words (f16, keys in
@@ -338,23 +333,9 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
         // ---- pv ----
         if constexpr (PV_FP8) {
 #if __CUDA_ARCH__ >= 890
-            // P as the A operand of m16n8k32 e4m3, straight from the accumulator layout: for each
-            // 32-key k-step, register 0 of lane 4g+t = row g, keys {2t, 2t+1, 8+2t, 9+2t} (S n-tiles
-            // 4ks and 4ks+1), which the mma reads as k = 4t..4t+3; V^T is stored with the same key
-            // permutation (quant.cu, v8_slot), so the product is over matching keys.
+            // P as the A operand of m16n8k32 e4m3, straight from the accumulator layout (softmax.cuh).
             u32 pf[2][4];
-#pragma unroll
-            for (int ks = 0; ks < 2; ++ks) {
-                const int a = 4 * ks;
-                pf[ks][0] = pack4_e4m3(s[a][0], s[a][1], s[a + 1][0],
-                                       s[a + 1][1]);
-                pf[ks][1] = pack4_e4m3(s[a][2], s[a][3], s[a + 1][2],
-                                       s[a + 1][3]);
-                pf[ks][2] = pack4_e4m3(s[a + 2][0], s[a + 2][1], s[a + 3][0],
-                                       s[a + 3][1]);
-                pf[ks][3] = pack4_e4m3(s[a + 2][2], s[a + 2][3], s[a + 3][2],
-                                       s[a + 3][3]);
-            }
+            p_to_e4m3_a(s, pf);
             stage_c(j, slot);  // (C): V_j landed; every warp is done with K_j and dS
 #pragma unroll
             for (int ct = 0; ct < CT; ++ct) {

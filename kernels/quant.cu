@@ -269,11 +269,11 @@ SAGE_DEVICE void stats_load_chunk(typename DT::T (*buf)[32], const typename DT::
 
 template <class DT>
 SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                               int smooth, float* mean_out, float* vscale_out) {
+                               int smooth, float* mean_out, float* vscale_out, int cblock) {
     typedef typename DT::T T;
     typedef StatsChunk<DT> C;
     __shared__ __align__(16) T s_buf[2][C::TOKENS][32];
-    const int c0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z;
+    const int c0 = cblock * 32, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const i64 head = (i64)b * H + h;
     const T* base = x + (i64)b * sb + (i64)h * sh;
@@ -621,7 +621,20 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
         channel_stats_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
-        channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out);    \
+        channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out,     \
+                          blockIdx.x);                                                                    \
+    }                                                                                                     \
+    /* K's and V's statistics in one launch (blocks [0, Dp/32) take x0, the rest x1): each CTA is a */   \
+    /* chain of N dependent additions, so twice the CTAs in flight finish both in about the time of one. */ \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
+        channel_stats2_##SUFFIX(const DT::T* x0, i64 sb0, i64 sh0, i64 sn0, int smooth0, float* mean0,    \
+                                float* vscale0, const DT::T* x1, i64 sb1, i64 sh1, i64 sn1, int smooth1,  \
+                                float* mean1, float* vscale1, int H, int N, int D, int Dp) {              \
+        const int nb = Dp / 32;                                                                           \
+        const bool first = (int)blockIdx.x < nb;                                                          \
+        channel_stats<DT>(first ? x0 : x1, first ? sb0 : sb1, first ? sh0 : sh1, first ? sn0 : sn1, H, N, \
+                          D, Dp, first ? smooth0 : smooth1, first ? mean0 : mean1,                        \
+                          first ? vscale0 : vscale1, first ? (int)blockIdx.x : (int)blockIdx.x - nb);     \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \

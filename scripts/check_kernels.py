@@ -46,6 +46,7 @@ HEADER_ORDER = [
     "hadamard.cuh",
     "mask.cuh",
     "softmax.cuh",
+    "hopper.cuh",
 ]
 
 DTYPES = ["f16", "bf16", "f32"]
@@ -65,6 +66,7 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
         for dt in dtypes:
             names += [
                 f"channel_stats_{dt}",
+                f"channel_stats2_{dt}",
                 f"quantize_q_{dt}",
                 f"quantize_k_{dt}",
                 f"quantize_v_e4m3_{dt}",
@@ -74,6 +76,10 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
     if cu_file == "attn_mma.cu":
         variants = ["int8_fp16"] + (["int8_fp8", "int4_fp8"] if fp8 else [])
         return {f"attn_{v}_hd{d}_{dt}" for v in variants for d in HEAD_DIMS for dt in dtypes}
+    if cu_file == "attn_wgmma.cu":
+        if arch != "sm_90a":
+            return set()
+        return {f"attn_int8_fp8_wgmma_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check

@@ -86,4 +86,28 @@ struct OnlineSoftmax {
     }
 };
 
+// int -> float for |n| < 2^22 without the (quarter-rate) I2F unit: the f32 with bits
+// 0x4B400000 + n is exactly 1.5 * 2^23 + n (the ulp is 1 there), so subtracting 1.5 * 2^23 gives n
+// exactly, the same value as (float)n. |dot| <= 128 * 127^2 < 2^21 for INT8 codes (INT4 less).
+SAGE_DEVICE float int_to_float_exact(int n) { return __fsub_rn(__int_as_float(0x4B400000 + n), 12582912.0f); }
+
+#if __CUDA_ARCH__ >= 890
+// P (already 448 p) of NT n-tiles as the A operands of NT/4 k32 FP8 steps, straight from the
+// accumulator layout: for k-step ks, register 0 of lane 4g+t = row g, keys {2t, 2t+1, 8+2t, 9+2t}
+// of n-tiles 4ks, 4ks+1, which the mma reads as k = 4t..4t+3; V^T is stored with the same key
+// permutation (quant.cu, v8_slot), so the product is over matching keys. The same holds for
+// wgmma's register A operand, which per warp is this fragment.
+template <int NT>
+SAGE_DEVICE void p_to_e4m3_a(const float (&s)[NT][4], u32 (&pf)[NT / 4][4]) {
+#pragma unroll
+    for (int ks = 0; ks < NT / 4; ++ks) {
+        const int a = 4 * ks;
+        pf[ks][0] = pack4_e4m3(s[a][0], s[a][1], s[a + 1][0], s[a + 1][1]);
+        pf[ks][1] = pack4_e4m3(s[a][2], s[a][3], s[a + 1][2], s[a + 1][3]);
+        pf[ks][2] = pack4_e4m3(s[a + 2][0], s[a + 2][1], s[a + 3][0], s[a + 3][1]);
+        pf[ks][3] = pack4_e4m3(s[a + 2][2], s[a + 2][3], s[a + 3][2], s[a + 3][3]);
+    }
+}
+#endif
+
 #endif  // SAGE_SOFTMAX_CUH

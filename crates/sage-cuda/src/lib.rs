@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig, PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError, LaunchConfig, PushKernelArg, sys,
 };
 use half::f16;
 use sage_core::numerics::Q_SMOOTH_BLOCK;
@@ -64,6 +64,25 @@ impl Arg {
 
 const NULL: Arg = Arg::Ptr(0);
 
+/// A TMA tensor map, passed to a kernel by value (`__grid_constant__`, kernels/ABI.md "Hopper kernel").
+#[repr(transparent)]
+struct TensorMap(sys::CUtensorMap);
+
+// SAFETY: a CUtensorMap is 128 plain bytes that the kernel reads as its parameter; the driver copies
+// it at launch.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// Query rows per block of the Hopper kernel (two consumer warpgroups of 64).
+const WGMMA_ROWS: usize = 128;
+/// K/V ring depth of the Hopper kernel (`WG_STAGES` in attn_wgmma.cu).
+const WGMMA_STAGES: usize = 4;
+
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_hd<dp>`: Q tile, K and V rings, mbarriers, and 1024
+/// bytes for the kernel to align its base (ABI.md).
+fn wgmma_smem_bytes(dp: usize) -> usize {
+    WGMMA_ROWS * dp + WGMMA_STAGES * 2 * 64 * dp + 8 * (1 + 4 * WGMMA_STAGES) + 1024
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -76,6 +95,8 @@ pub struct CudaBackend {
     /// Fill outputs with NaN before each run, so an element no kernel writes fails the checks
     /// (`SAGE_CUDA_POISON=1`; always on in debug builds).
     poison: bool,
+    /// `int8-fp8` runs on the wgmma/TMA kernel (sm_90a, unless `SAGE_CUDA_WGMMA=0`).
+    wgmma: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -224,6 +245,7 @@ impl CudaBackend {
             functions: Mutex::new(HashMap::new()),
             poison: cfg!(debug_assertions)
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
+            wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
         })
     }
 
@@ -288,6 +310,21 @@ impl CudaBackend {
         block: u32,
         args: &[Arg],
     ) -> Result<()> {
+        self.launch_with(module, name, grid, block, 0, &[], args)
+    }
+
+    /// `launch` with `smem` bytes of dynamic shared memory and tensor maps before the other arguments.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_with(
+        &self,
+        module: Module,
+        name: &str,
+        grid: [usize; 3],
+        block: u32,
+        smem: u32,
+        maps: &[TensorMap],
+        args: &[Arg],
+    ) -> Result<()> {
         if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
             return Ok(());
         }
@@ -298,20 +335,85 @@ impl CudaBackend {
             });
         }
         let f = self.function(module, name)?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(|e| driver_error(name, e))?;
+        }
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut builder = self.stream.launch_builder(&f);
+        for m in maps {
+            builder.arg(m);
+        }
         for s in &slots {
             builder.arg(s);
         }
         let cfg = LaunchConfig {
             grid_dim: (grid[0] as u32, grid[1] as u32, grid[2] as u32),
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         // SAFETY: the argument list follows kernels/ABI.md for `name` (pointers to live buffers of
         // the sizes it states, scalars in their C types); launch errors are checked below.
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(name, e))?;
         Ok(())
+    }
+
+    /// A TMA map of `buf` as a row-major u8 matrix of `rows` rows of `inner` bytes, copied in boxes
+    /// of `box_rows` x `box_inner` bytes with the swizzle whose span is the box row (128 or 64 bytes,
+    /// the layout wgmma's descriptors read: kernels/common/hopper.cuh).
+    fn tensor_map(
+        &self,
+        buf: &CudaSlice<u8>,
+        inner: usize,
+        rows: usize,
+        box_inner: u32,
+        box_rows: u32,
+    ) -> Result<TensorMap> {
+        use sys::{
+            CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+            CUtensorMapL2promotion, CUtensorMapSwizzle,
+        };
+        let Arg::Ptr(ptr) = self.ptr(buf) else {
+            unreachable!()
+        };
+        let swizzle = if box_inner == 128 {
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+        } else {
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B
+        };
+        let dims = [inner as u64, rows as u64];
+        let strides = [inner as u64];
+        let boxes = [box_inner, box_rows];
+        let elem = [1u32, 1];
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("tensor map", e))?;
+        // SAFETY: the arrays hold `rank` = 2 entries (strides rank - 1); `ptr` is a live device
+        // buffer of at least rows * inner bytes; the driver writes the 128-byte map.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                map.as_mut_ptr(),
+                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                2,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                elem.as_ptr(),
+                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                swizzle,
+                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(|e| driver_error("cuTensorMapEncodeTiled", e))?;
+        // SAFETY: written by the successful call above (and zeroed before it).
+        Ok(TensorMap(unsafe { map.assume_init() }))
     }
 
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
@@ -383,6 +485,42 @@ impl CudaBackend {
         Ok(p)
     }
 
+    /// The Hopper attention kernel (attn_wgmma.cu) on the buffers of the quantization stage; `tail`
+    /// is the argument list of the mma.sync kernel from `out` on (ABI.md, "Hopper kernel").
+    fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
+        let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
+        let maps = [
+            self.tensor_map(
+                &bufs.q_codes,
+                dp,
+                b * hq * bufs.nq_pad,
+                dp as u32,
+                WGMMA_ROWS as u32,
+            )?,
+            self.tensor_map(&bufs.k_codes, dp, b * hk * bufs.nk_pad, dp as u32, 64)?,
+            self.tensor_map(&bufs.vt, bufs.nk_pad, b * hk * dp, 64, dp as u32)?,
+        ];
+        let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+        let mut args = vec![
+            self.ptr(&bufs.q_scales),
+            self.ptr(&bufs.k_scales),
+            opt(&bufs.sv),
+            opt(&bufs.vm),
+            opt(&bufs.qkm),
+        ];
+        args.extend_from_slice(tail);
+        let name = format!("attn_int8_fp8_wgmma_hd{dp}_{}", dtype_suffix(p.dtype));
+        self.launch_with(
+            Module::AttnWgmma,
+            &name,
+            [p.seq_q.div_ceil(WGMMA_ROWS), hq, b],
+            384,
+            wgmma_smem_bytes(dp) as u32,
+            &maps,
+            &args,
+        )
+    }
+
     /// Steps 1-8 of kernels/ABI.md's launch order: the quantization stage.
     fn quantize_stage(
         &self,
@@ -451,23 +589,32 @@ impl CudaBackend {
                 Arg::I32(dp as i32),
             ]
         };
-        // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales, one pass each
-        let stats =
-            |x: &CudaSlice<u8>, s: [Arg; 3], smooth: bool, mean: Arg, vscale: Arg| -> Result<()> {
-                let mut args = vec![self.ptr(x), s[0], s[1], s[2]];
-                args.extend(dims(hk, nk));
-                args.extend([Arg::I32(smooth as i32), mean, vscale]);
-                self.launch(
-                    Module::Quant,
-                    &format!("channel_stats_{dt}"),
-                    [dp / 32, hk, b],
-                    256,
-                    &args,
-                )
-            };
-        stats(k.0, ks, true, self.ptr(&bufs.km), NULL)?;
+        // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales; both tensors in
+        // one launch when V needs them (kernels/ABI.md)
         if fp8 || p.smooth_v {
-            stats(v.0, vs, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
+            let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
+            args.extend([Arg::I32(1), self.ptr(&bufs.km), NULL]);
+            args.extend([self.ptr(v.0), vs[0], vs[1], vs[2]]);
+            args.extend([Arg::I32(p.smooth_v as i32), opt(&bufs.vm), opt(&bufs.sv)]);
+            args.extend(dims(hk, nk));
+            self.launch(
+                Module::Quant,
+                &format!("channel_stats2_{dt}"),
+                [2 * dp / 32, hk, b],
+                256,
+                &args,
+            )?;
+        } else {
+            let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
+            args.extend(dims(hk, nk));
+            args.extend([Arg::I32(1), self.ptr(&bufs.km), NULL]);
+            self.launch(
+                Module::Quant,
+                &format!("channel_stats_{dt}"),
+                [dp / 32, hk, b],
+                256,
+                &args,
+            )?;
         }
         // Step 3 for K (with the INT8 copy for dS in INT4 mode), then Steps 2-3 for Q
         let (k8c, k8s) = match &bufs.k8 {
@@ -699,19 +846,23 @@ impl CudaBackend {
                 Arg::I32(p.causal as i32),
                 Arg::F32(p.sm_scale),
             ]);
-            let kind = match p.mode {
-                Mode::Int4Fp8 => "int4_fp8",
-                Mode::Int8Fp8 => "int8_fp8",
-                _ => "int8_fp16",
-            };
-            let name = format!("attn_{kind}_hd{}_{dt}", p.head_dim_padded);
-            self.launch(
-                Module::AttnMma,
-                &name,
-                [p.seq_q.div_ceil(ATTN_ROWS), p.heads_q, p.batch],
-                128,
-                &args,
-            )?;
+            if self.wgmma && p.mode == Mode::Int8Fp8 && !p.smooth_q {
+                self.launch_wgmma(&p, &bufs, &args[11..])?;
+            } else {
+                let kind = match p.mode {
+                    Mode::Int4Fp8 => "int4_fp8",
+                    Mode::Int8Fp8 => "int8_fp8",
+                    _ => "int8_fp16",
+                };
+                let name = format!("attn_{kind}_hd{}_{dt}", p.head_dim_padded);
+                self.launch(
+                    Module::AttnMma,
+                    &name,
+                    [p.seq_q.div_ceil(ATTN_ROWS), p.heads_q, p.batch],
+                    128,
+                    &args,
+                )?;
+            }
             Some(bufs)
         } else {
             if let Some(m) = marks {

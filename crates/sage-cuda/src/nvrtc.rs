@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::NAME;
 
 /// The common headers, in the order the amalgamation needs them (kernels/ABI.md, "Compiling").
-const HEADERS: [(&str, &str); 9] = [
+const HEADERS: [(&str, &str); 10] = [
     (
         "prelude.cuh",
         include_str!("../../../kernels/common/prelude.cuh"),
@@ -37,6 +37,10 @@ const HEADERS: [(&str, &str); 9] = [
         "softmax.cuh",
         include_str!("../../../kernels/common/softmax.cuh"),
     ),
+    (
+        "hopper.cuh",
+        include_str!("../../../kernels/common/hopper.cuh"),
+    ),
 ];
 
 /// The kernel modules: one file per stage.
@@ -45,16 +49,24 @@ pub enum Module {
     Quant,
     AttnMma,
     AttnExact,
+    /// The sm_90a wgmma/TMA kernel of `int8-fp8` (no entry points on other architectures).
+    AttnWgmma,
 }
 
 impl Module {
-    pub const ALL: [Module; 3] = [Module::Quant, Module::AttnMma, Module::AttnExact];
+    pub const ALL: [Module; 4] = [
+        Module::Quant,
+        Module::AttnMma,
+        Module::AttnExact,
+        Module::AttnWgmma,
+    ];
 
     pub fn file(self) -> &'static str {
         match self {
             Module::Quant => "quant.cu",
             Module::AttnMma => "attn_mma.cu",
             Module::AttnExact => "attn_exact.cu",
+            Module::AttnWgmma => "attn_wgmma.cu",
         }
     }
 
@@ -63,6 +75,7 @@ impl Module {
             Module::Quant => include_str!("../../../kernels/quant.cu"),
             Module::AttnMma => include_str!("../../../kernels/attn_mma.cu"),
             Module::AttnExact => include_str!("../../../kernels/attn_exact.cu"),
+            Module::AttnWgmma => include_str!("../../../kernels/attn_wgmma.cu"),
         }
     }
 
