@@ -1,6 +1,7 @@
-// attn_wgmma.cu: the attention stage of `int8-fp8` on Hopper (sm_90a), ALGORITHM.md Steps 4-7, with
-// wgmma on tiles that TMA copies into shared memory. Same numerics as attn_mma.cu's INT8-FP8 kernel
-// (kv_block 64, the same scale groups, folds and two-level accumulation): only the machinery differs.
+// attn_wgmma.cu: the attention stage of `int8-fp8` on Hopper (sm_90a), ALGORITHM.md Steps 2 (dS),
+// 4-7, with wgmma on tiles that TMA copies into shared memory. The numerics are attn_mma.cu's INT8-FP8
+// kernel's (the same scale groups, folds and two-level accumulation) with kv_block = KVT, the KV tile:
+// 128 (this backend's default for int8-fp8 on Hopper) or 64 (the mma.sync kernels' value).
 //
 // CTA = three warpgroups, 128 query rows of one (batch, query head):
 //   producer (warpgroup 0): one thread issues the bulk tensor copies (TMA) of the Q tile once and of
@@ -8,20 +9,21 @@
 //     `full` mbarrier; a slot is refilled once every consumer warp has arrived on its `empty` barrier.
 //     It gives its registers away (setmaxnreg) to the consumers.
 //   consumers (warpgroups 1, 2): 64 query rows each. Per KV tile:
-//     scores:         S = Q K_j^T by wgmma m64n64k32 s8 (Q and K_j from shared memory), int32 exact;
-//                     K_j's slot is released as soon as the product is complete
+//     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
+//                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
 //     online_softmax: dequantized with one product per score (sq * sk * sm_scale * log2 e), causal /
 //                     padding mask, exp2 with 448 folded into the exponent (softmax.cuh)
 //     pv:             P (e4m3, from registers, in the accumulator layout) times V_j^T by wgmma
 //                     m64nDPk32 e4m3 into a FRESH f32 accumulator, then acc = acc * alpha + that:
 //                     no tensor-core accumulator outlives one KV block (Step 6's two-level sum)
-//   The two consumers run on the same K_j, V_j; while one does its softmax the other's wgmmas run.
+//   The two consumers run on the same K_j, V_j; each overlaps its softmax of tile j with its own
+//   P_{j-1} V_{j-1} and with the other consumer's products.
 // Finally O = acc / (448 l) * sv (+ vm), and the log-sum-exp, as attn_mma.cu.
 //
 // Operands in shared memory are K-major, swizzled (common/hopper.cuh): Q and K_j rows are DP bytes of
-// INT8 codes (128-byte swizzle for DP = 128, 64-byte for DP = 64); V_j^T rows are 64 keys of E4M3
-// codes (64-byte swizzle), keys permuted inside groups of 16 exactly as for mma.sync (ABI.md, "V"),
-// because wgmma's register A operand has mma.m16n8k32's layout per warp.
+// INT8 codes, V_j^T rows KVT keys of E4M3 codes (the 128-byte swizzle for 128-byte rows, 64-byte for
+// 64), keys permuted inside groups of 16 exactly as for mma.sync (ABI.md, "V"), because wgmma's
+// register A operand has mma.m16n8k32's layout per warp.
 //
 // Buffers, tensor maps and launch: kernels/ABI.md ("Hopper kernel").
 #ifndef SAGE_AMALGAMATED
@@ -39,41 +41,65 @@
 #define WG_THREADS 128
 #define WG_CONSUMERS 2
 #define WG_CTA_THREADS (WG_THREADS * (1 + WG_CONSUMERS))
-#define WG_Q_TILE (64 * WG_CONSUMERS)  // query rows per CTA
-#define WG_KV_TILE 64                  // keys per tile: the kv_block of ALGORITHM.md Step 6
+#define WG_Q_TILE (64 * WG_CONSUMERS)  // query rows per CTA: one smooth_q block (Q_SMOOTH_BLOCK)
 #define WG_STAGES 4                    // K/V ring depth
-// Register split (setmaxnreg): 128 * 40 + 256 * 232 <= 64K registers of the SM.
-#define WG_PRODUCER_REGS 40
-#define WG_CONSUMER_REGS 232
+// Register split (setmaxnreg): 128 * 24 + 256 * 240 <= 64K registers of the SM.
+#define WG_PRODUCER_REGS 24
+#define WG_CONSUMER_REGS 240
+// The two consumers take turns to issue their wgmmas (named barriers WG_BAR_TURN + consumer).
+// Measured on an H200 (BENCHMARKS.md): +2 % at DP = 64, -3 % at DP = 128, so only DP = 64 takes turns.
+#ifndef WG_PINGPONG
+#define WG_PINGPONG (DP == 64)
+#endif
+#define WG_BAR_TURN 1  // 1, 2: turns; 3, 4: each consumer's own barrier (dS)
+#define WG_BAR_OWN 3
 
 // A 128-byte CUtensorMap, passed by value (__grid_constant__) so TMA reads it from parameter space.
 struct __align__(64) TmaMap {
     u64 words[16];
 };
 
-// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers. The host asks
-// for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns the base itself.
-template <int DP>
+// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS. The
+// host asks for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns the base.
+template <int DP, int KVT>
 struct WgSmem {
     static constexpr int Q_BYTES = WG_Q_TILE * DP;
-    static constexpr int K_BYTES = WG_KV_TILE * DP;
-    static constexpr int V_BYTES = DP * WG_KV_TILE;
-    static constexpr int K_OFF = Q_BYTES;
+    static constexpr int K_BYTES = KVT * DP;
+    static constexpr int V_BYTES = DP * KVT;
+    static constexpr int K_OFF = 2 * Q_BYTES;  // Q double-buffered across a CTA's work items
     static constexpr int V_OFF = K_OFF + WG_STAGES * K_BYTES;
     static constexpr int BAR_OFF = V_OFF + WG_STAGES * V_BYTES;
-    // barriers: q_full, then k_full, k_empty, v_full, v_empty for each stage
-    static constexpr int BYTES = BAR_OFF + 8 * (1 + 4 * WG_STAGES);
-    // Q/K rows are DP bytes: the swizzle whose span is one row; V^T rows are 64 bytes.
-    static constexpr u32 QK_SWIZZLE = DP == 128 ? 1 : 2;  // descriptor modes: 1 = 128 B, 2 = 64 B
-    static constexpr u32 V_SWIZZLE = 2;
+    // barriers: q_full[2], q_empty[2], then k_full, k_empty, v_full, v_empty for each stage
+    static constexpr int QM_OFF = BAR_OFF + 8 * (4 + 4 * WG_STAGES);
+    // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
+    static constexpr int DS_OFF = QM_OFF + 4 * WG_CONSUMERS * DP;
+    static constexpr int BYTES = DS_OFF + 4 * WG_CONSUMERS * 2 * KVT;
+    // Descriptor swizzle modes (1 = 128 B, 2 = 64 B): the one whose span is a row.
+    static constexpr u32 QK_SWIZZLE = DP == 128 ? 1 : 2;
+    static constexpr u32 V_SWIZZLE = KVT == 128 ? 1 : 2;
 };
 
-// f = P V for one KV block (issued, not waited for): two k32 steps of 32 keys, a fresh accumulator.
-template <int DP>
-SAGE_DEVICE void pv_issue(float (&f)[DP / 2], const u32 (&pf)[2][4], u32 v_tile) {
-    const u64 v_desc = smem_desc(v_tile, 8 * 64, WgSmem<DP>::V_SWIZZLE);
+// Byte offset of byte `c` of row `r` in a swizzled tile of `row_bytes`-byte rows (128 or 64): the
+// 16-byte chunk index is XORed with address bits 7-9 (128 B) or 7-8 (64 B) of the row start.
+SAGE_DEVICE u32 swizzled(int r, int c, int row_bytes) {
+    const u32 a = (u32)(r * row_bytes + c);
+    return a ^ (((a >> 7) & (row_bytes == 128 ? 7u : 3u)) << 4);
+}
+
+template <int KVT>
+SAGE_DEVICE void wgmma_scores(int (&d)[KVT / 2], u64 a_desc, u64 b_desc, int accumulate) {
+    if constexpr (KVT == 128)
+        wgmma_s8_m64n128k32(d, a_desc, b_desc, accumulate);
+    else
+        wgmma_s8_m64n64k32(d, a_desc, b_desc, accumulate);
+}
+
+// f = P V for one KV block (issued, not waited for): KVT/32 k-steps of 32 keys, a fresh accumulator.
+template <int DP, int KVT>
+SAGE_DEVICE void pv_issue(float (&f)[DP / 2], const u32 (&pf)[KVT / 32][4], u32 v_tile) {
+    const u64 v_desc = smem_desc(v_tile, 8 * KVT, WgSmem<DP, KVT>::V_SWIZZLE);
 #pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
+    for (int ks = 0; ks < KVT / 32; ++ks) {
         if constexpr (DP == 128)
             wgmma_e4m3_m64n128k32(f, pf[ks], v_desc + 2 * ks, ks);
         else
@@ -89,43 +115,99 @@ SAGE_DEVICE void merge_block(float (&o)[N], const float (&f)[N], const float (&a
     for (int i = 0; i < N; ++i) o[i] = o[i] * alpha[(i >> 1) & 1] + f[i];
 }
 
-template <int DP, class OUT>
+// dS of the KV tile (Step 2): ds[n] = (sum_d qm[d] * c8k[n, d]) * s8k(n) * sm_scale * log2(e), from the
+// INT8 K codes the tile holds anyway (int8-fp8: those of Step 3). KVT/128 keys per thread of the
+// warpgroup (KVT = 64: two threads per key, half of the channels each).
+template <int DP, int KVT>
+SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const float* k_scales_head, int gran,
+                         int k0, int Nk, float logit_scale, int wtid) {
+    constexpr int SPLIT = 128 / KVT;  // threads per key
+    constexpr int CHUNKS = DP / 16 / SPLIT;
+    const int key = wtid / SPLIT, part = wtid % SPLIT;
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CHUNKS; ++i) {
+        const int c = (part * CHUNKS + i) * 16;
+        U32x4 w;
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
+                     : "r"(k_tile + swizzled(key, c, DP)));
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const float* m = s_qm + c + 4 * q;
+            const u32 wd = words[q];
+            acc += m[0] * (float)(i8)(wd & 0xff) + m[1] * (float)(i8)((wd >> 8) & 0xff) +
+                   m[2] * (float)(i8)((wd >> 16) & 0xff) + m[3] * (float)(i8)(wd >> 24);
+        }
+    }
+    if (SPLIT == 2) acc += __shfl_xor_sync(FULL_MASK, acc, 1);
+    if (part == 0) {
+        const int n = k0 + key;
+        const int groups_k = k_scale_groups(gran, Nk);
+        const float ds = n < Nk ? acc * k_scales_head[k_scale_group(gran, n) < groups_k ? k_scale_group(gran, n) : 0] : 0.0f;
+        ds_out[key] = __fmul_rn(ds, logit_scale);  // in base-2 logits, like sq
+    }
+}
+
+template <int DP, int KVT, bool PERSIST, class OUT>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
                             const float* __restrict__ v_scales, const float* __restrict__ vm,
-                            const float* __restrict__ qkm, void* __restrict__ out_ptr, i64 o_sb, i64 o_sh, i64 o_sn,
-                            float* __restrict__ lse, int Hq, int Hkv, int Nq, int Nk, int D, int gran, int causal,
-                            float sm_scale) {
-    typedef WgSmem<DP> L;
-    constexpr int NT = WG_KV_TILE / 8;  // 8-key slices of S
-    constexpr int CT = DP / 8;          // 8-channel slices of O
+                            const float* __restrict__ qm, const float* __restrict__ qkm, void* __restrict__ out_ptr,
+                            i64 o_sb, i64 o_sh, i64 o_sn, float* __restrict__ lse, int B, int Hq, int Hkv, int Nq,
+                            int Nk, int D, int gran, int causal, float sm_scale) {
+    typedef WgSmem<DP, KVT> L;
+    constexpr int NT = KVT / 8;   // 8-key slices of S
+    constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
+    constexpr int CT = DP / 8;    // 8-channel slices of O
     typedef typename OUT::T OutT;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-    const u32 s_q = base, s_k = base + L::K_OFF, s_v = base + L::V_OFF;
-    const u32 q_full = base + L::BAR_OFF;
-    auto k_full = [&](int s) { return q_full + 8 * (1 + s); };
-    auto k_empty = [&](int s) { return q_full + 8 * (1 + WG_STAGES + s); };
-    auto v_full = [&](int s) { return q_full + 8 * (1 + 2 * WG_STAGES + s); };
-    auto v_empty = [&](int s) { return q_full + 8 * (1 + 3 * WG_STAGES + s); };
+    unsigned char* base_ptr = smem_raw + (base - smem_addr(smem_raw));
+    const u32 s_k = base + L::K_OFF, s_v = base + L::V_OFF;
+    const u32 bars = base + L::BAR_OFF;
+    auto q_full = [&](int qb) { return bars + 8 * qb; };
+    auto q_empty = [&](int qb) { return bars + 8 * (2 + qb); };
+    auto k_full = [&](int s) { return bars + 8 * (4 + s); };
+    auto k_empty = [&](int s) { return bars + 8 * (4 + WG_STAGES + s); };
+    auto v_full = [&](int s) { return bars + 8 * (4 + 2 * WG_STAGES + s); };
+    auto v_empty = [&](int s) { return bars + 8 * (4 + 3 * WG_STAGES + s); };
 
     const int tid = threadIdx.x;
     // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform: wgmma code on a
     // path it believes divergent gets serialized (ptxas C7520).
     const int wg = __shfl_sync(FULL_MASK, tid / WG_THREADS, 0);
-    // Causal: the last query tiles see the most keys; start them first.
-    const int qt = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int hk = h / (Hq / Hkv);  // GQA
-    const i64 qhead = (i64)b * Hq + h, khead = (i64)b * Hkv + hk;
     const int nq_pad = round_up(Nq, QUANT_TOKENS), nk_pad = round_up(Nk, QUANT_TOKENS);
     const bool is_causal = causal != 0;
-    const int q0_cta = qt * WG_Q_TILE;
-    const int cta_key_end = tile_key_end(q0_cta, WG_Q_TILE, Nq, Nk, is_causal);
-    const int n_tiles = cta_key_end > 0 ? ceil_div(cta_key_end, WG_KV_TILE) : 0;
+    const bool smooth = qm != nullptr;
+    // Work items: (query tile, head, batch), query tile fastest so that the CTAs running at one time
+    // share K/V heads in L2; causal: the last query tiles see the most keys, so they come first. A CTA
+    // takes items blockIdx.x, + gridDim.x, ... (a persistent grid when the host launches fewer CTAs
+    // than items: the producer loads the next item's Q, K and V while the consumers finish the last).
+    const int n_qt = ceil_div(Nq, WG_Q_TILE);
+    const int n_items = n_qt * Hq * B;
+    struct Item {
+        int qt, h, b, n_tiles;
+        i64 qhead, khead;
+    };
+    auto item_of = [&](int w) {
+        Item it;
+        it.qt = n_qt - 1 - w % n_qt;
+        it.h = (w / n_qt) % Hq;
+        it.b = w / (n_qt * Hq);
+        it.qhead = (i64)it.b * Hq + it.h;
+        it.khead = (i64)it.b * Hkv + it.h / (Hq / Hkv);  // GQA
+        const int key_end = tile_key_end(it.qt * WG_Q_TILE, WG_Q_TILE, Nq, Nk, is_causal);
+        it.n_tiles = key_end > 0 ? ceil_div(key_end, KVT) : 0;
+        return it;
+    };
 
     if (tid == 0) {
-        mbar_init(q_full, 1);
+        for (int qb = 0; qb < 2; ++qb) {
+            mbar_init(q_full(qb), 1);
+            mbar_init(q_empty(qb), 4 * WG_CONSUMERS);
+        }
         for (int s = 0; s < WG_STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
@@ -144,18 +226,26 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             tma_prefetch_map(&q_map);
             tma_prefetch_map(&k_map);
             tma_prefetch_map(&v_map);
-            // The Q tile: rows [q0_cta, q0_cta + 128) of the padded code buffer (always inside it).
-            mbar_arrive_expect_tx(q_full, L::Q_BYTES);
-            tma_load_2d(s_q, &q_map, 0, (int)(qhead * nq_pad + q0_cta), q_full);
-            for (int j = 0; j < n_tiles; ++j) {
-                const int s = j % WG_STAGES;
-                const u32 parity = (j / WG_STAGES) & 1;
-                mbar_wait(k_empty(s), parity ^ 1);
-                mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
-                tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, (int)(khead * nk_pad + j * WG_KV_TILE), k_full(s));
-                mbar_wait(v_empty(s), parity ^ 1);
-                mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
-                tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * WG_KV_TILE, (int)(khead * DP), v_full(s));
+            int n = 0;  // KV tiles loaded so far: slot n % STAGES, phase (n / STAGES) & 1
+            for (int w = blockIdx.x, k = 0; w < n_items; w += gridDim.x, ++k) {
+                const Item it = item_of(w);
+                // The Q tile (double-buffered across items): rows [128 qt, 128 qt + 128) of the padded
+                // code buffer, always inside it.
+                const int qb = k & 1;
+                mbar_wait(q_empty(qb), ((k >> 1) & 1) ^ 1);
+                mbar_arrive_expect_tx(q_full(qb), L::Q_BYTES);
+                tma_load_2d(base + qb * L::Q_BYTES, &q_map, 0, (int)(it.qhead * nq_pad + it.qt * WG_Q_TILE),
+                            q_full(qb));
+                for (int j = 0; j < it.n_tiles; ++j, ++n) {
+                    const int s = n % WG_STAGES;
+                    const u32 parity = (n / WG_STAGES) & 1;
+                    mbar_wait(k_empty(s), parity ^ 1);
+                    mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
+                    tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, (int)(it.khead * nk_pad + j * KVT), k_full(s));
+                    mbar_wait(v_empty(s), parity ^ 1);
+                    mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
+                    tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, (int)(it.khead * DP), v_full(s));
+                }
             }
         }
         return;
@@ -166,197 +256,293 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int cw = wg - 1;
     const int wtid = tid % WG_THREADS, warp = wtid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int q0 = q0_cta + 64 * cw;
-    const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
-    const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
-    const int my_tiles = my_end > 0 ? ceil_div(my_end, WG_KV_TILE) : 0;
     const float logit_scale = __fmul_rn(sm_scale, LOG2_E);
-
-    // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
-    // with sm_scale * log2(e) folded in as attn_mma.cu does.
     const int groups_q = q_scale_groups(gran, Nq);
-    const int gq = q_scale_group(gran, row0);
-    const float sq = __fmul_rn(gq < groups_q ? q_scales[qhead * groups_q + gq] : 1.0f, logit_scale);
     const int groups_k = k_scale_groups(gran, Nk);
     const int ksubs = k_group_shape(gran).subs;
-    const float* sk_lane = k_scales + khead * groups_k + (gran == GRAN_PER_THREAD ? t : 0);
+    float* s_qm = (float*)(base_ptr + L::QM_OFF) + cw * DP;
+    float* s_ds = (float*)(base_ptr + L::DS_OFF) + cw * 2 * KVT;
+    // WG_PINGPONG: the two consumers take turns to issue their wgmmas (named barriers), so one's
+    // softmax runs while the other's products occupy the tensor cores. Both take n_tiles + 1 turns per
+    // item (below: the compute rounds, the last P V, then the rounds of slots a consumer only releases).
+    constexpr bool pingpong = WG_PINGPONG;
+    if (pingpong && cw == 1) named_arrive(WG_BAR_TURN, 2 * WG_THREADS);  // consumer 0 issues first
 
-    const u64 q_desc = smem_desc(s_q + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
+    // One work item w, the CTA's k-th; `tiles_before` KV tiles of earlier items went through the ring.
+    // Returns the item's KV tiles.
+    auto consume = [&](int w, int k, int tiles_before) -> int {
+        // Registers are scarce here (the kv128 x hd128 kernel is at its 240): values the finalisation
+        // needs are recomputed from w after the KV loop rather than kept live through it.
+        const int n_tiles = item_of(w).n_tiles;
+        auto slot = [&](int j) { return (tiles_before + j) % WG_STAGES; };
+        auto phase = [&](int j) { return (u32)(((tiles_before + j) / WG_STAGES) & 1); };
+        auto turn_begin = [&]() {
+            if (pingpong) named_sync(WG_BAR_TURN + cw, 2 * WG_THREADS);
+        };
+        // consumer 1 skips its very last arrival: it arrived once before its first turn
+        auto turn_end = [&](int round) {
+            if (pingpong && (cw == 0 || (PERSIST && w + (int)gridDim.x < n_items) || round < n_tiles))
+                named_arrive(WG_BAR_TURN + 1 - cw, 2 * WG_THREADS);
+        };
+        // A slot this consumer does not compute on: wait for it to land, hand it back.
+        auto release_k = [&](int j) {
+            mbar_wait(k_full(slot(j)), phase(j));
+            __syncwarp();
+            if (lane == 0) mbar_arrive(k_empty(slot(j)));
+        };
+        auto release_v = [&](int j) {
+            mbar_wait(v_full(slot(j)), phase(j));
+            __syncwarp();
+            if (lane == 0) mbar_arrive(v_empty(slot(j)));
+        };
 
-    OnlineSoftmax<NT> sm;
-    sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
-    float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
+        const int q0 = item_of(w).qt * WG_Q_TILE + 64 * cw;
+        const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
+        const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
+        const int my_tiles = my_end > 0 ? ceil_div(my_end, KVT) : 0;
+        // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
+        // with sm_scale * log2(e) folded in as attn_mma.cu does.
+        const int gq = q_scale_group(gran, row0);
+        const float sq =
+            __fmul_rn(gq < groups_q ? q_scales[item_of(w).qhead * groups_q + gq] : 1.0f, logit_scale);
+        const int sk_base = (int)(item_of(w).khead * groups_k) + (gran == GRAN_PER_THREAD ? t : 0);
+        auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
+        if (smooth) {
+            // this item's 128 rows are one smooth_q block (WG_Q_TILE = Q_SMOOTH_BLOCK); every thread
+            // is past its last read of the previous item's qm (the dS barrier of its last tile)
+            const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
+            const Item it = item_of(w);
+            for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + it.qt) * DP + c];
+            named_sync(WG_BAR_OWN + cw, WG_THREADS);
+        }
+        const int qb = k & 1;
+        const u64 q_desc = smem_desc(base + qb * L::Q_BYTES + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
+
+        OnlineSoftmax<NT> sm;
+        sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
+        float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
 #pragma unroll
-    for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
+        for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
 
-    mbar_wait(q_full, 0);
-    // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then P_{j-1} V_{j-1},
-    // waits only for S_j, and runs the softmax of tile j while the tensor cores do P_{j-1} V_{j-1};
-    // then it folds that product into acc with tile j-1's alpha and packs P_j for the next iteration.
-    u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until it is done)
-    float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
-    float alpha_prev[2] = {1.0f, 1.0f};
-    float sk_next = my_tiles > 0 ? sk_lane[0] : 0.0f;
-    for (int j = 0; j < my_tiles; ++j) {
-        const int s = j % WG_STAGES;
-        const u32 parity = (j / WG_STAGES) & 1;
-        const int sp = (j + WG_STAGES - 1) % WG_STAGES;  // tile j-1's slot
-        const u32 parity_p = ((j - 1) / WG_STAGES) & 1;
-        const float sk = sk_next;
-        if (j + 1 < my_tiles) sk_next = sk_lane[(j + 1) * ksubs];
+        mbar_wait(q_full(qb), (k >> 1) & 1);
+        // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
+        // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
+        // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
+        u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
+        float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
+        float alpha_prev[2] = {1.0f, 1.0f};
+        for (int j = 0; j < my_tiles; ++j) {
+            const int s = slot(j);
+            const u32 parity = phase(j);
+            const int sp = slot(j - 1);  // tile j-1's slot
+            const u32 parity_p = phase(j - 1);
+            // The K scales of the tile, one per 64-key group (loaded here: a register each through the
+            // loop would cost more than their latency, which the wgmma issue below hides).
+            float sk[NG];
+#pragma unroll
+            for (int gi = 0; gi < NG; ++gi) {
+                const int kg = j * NG + gi;
+                sk[gi] = kg < ceil_div(Nk, 64) ? sk_lane(kg * ksubs) : 1.0f;
+            }
 
         int acc[NT][4];
-        int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
-        mbar_wait(k_full(s), parity);
-        wgmma_fence();
-        {
-            // ---- scores (issued) ----
-            const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
+            int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
+            mbar_wait(k_full(s), parity);
+            turn_begin();
+            wgmma_fence();
+            {
+                // ---- scores (issued) ----
+                const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
 #pragma unroll
-            for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
-                wgmma_s8_m64n64k32(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
-            wgmma_commit();
-        }
-        if (j > 0) {
-            // ---- pv of tile j-1 (issued) ----
-            mbar_wait(v_full(sp), parity_p);
-            pv_issue<DP>(f, pf, s_v + sp * L::V_BYTES);
-            wgmma_wait<1>();  // S_j is done (groups complete in order)
-        } else {
-            wgmma_wait<0>();
-        }
-        reg_fence(acc_flat);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(k_empty(s));
-
-        // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
-        // Unmasked tiles take the softmax straight from the unscaled dot products (attn_mma.cu).
-        const float sqk = __fmul_rn(sq, sk);
-        const bool masked = tile_needs_mask(j * WG_KV_TILE, WG_KV_TILE, q0, Nq, Nk, is_causal);
-        const bool fused = logit_scale > 0.0f && !masked;
-        float sc[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float v = int_to_float_exact(acc[nt][e]);
-                sc[nt][e] = fused ? v : __fmul_rn(v, sqk);
+                for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
+                    wgmma_scores<KVT>(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
+                wgmma_commit();
             }
-        }
-        float alpha[2];
-        if (fused) {
-            sm.update_scaled(sc, sqk, alpha);
-        } else {
-            // ---- causal_mask (and keys >= Nk) ----
-            if (masked) {
+            float* ds = s_ds + (j & 1) * KVT;
+            if (smooth) {
+                // dS of tile j while the tensor cores run (double-buffered: one barrier per tile suffices,
+                // as no thread can pass the next barrier before every thread is done reading this buffer).
+                tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales + sk_base - (gran == GRAN_PER_THREAD ? t : 0), gran, j * KVT, Nk,
+                                 logit_scale, wtid);
+                named_sync(WG_BAR_OWN + cw, WG_THREADS);
+            }
+            // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
+            // when it cannot pair them.
+            if (j > 0) {
+                // ---- pv of tile j-1 (issued) ----
+                mbar_wait(v_full(sp), parity_p);
+                pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
+                turn_end(j);
+                wgmma_wait<1>();  // S_j is done (groups complete in order)
+            } else {
+                turn_end(j);
+                wgmma_wait<0>();
+            }
+            reg_fence(acc_flat);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(k_empty(s));
+
+            // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
+            // Unmasked tiles without dS take the softmax straight from the unscaled dot products
+            // (attn_mma.cu), one scale per 64-key group.
+            float sqk[NG];
 #pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
+            for (int gi = 0; gi < NG; ++gi) sqk[gi] = __fmul_rn(sq, sk[gi]);
+            const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
+            const bool fused = !smooth && logit_scale > 0.0f && !masked;
+            float sc[NT][4];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = j * WG_KV_TILE + 8 * nt + 2 * t + (e & 1);
-                        if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) sc[nt][e] = neg_inf();
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float v = int_to_float_exact(acc[nt][e]);
+                    if (!fused) {
+                        v = __fmul_rn(v, sqk[nt / 8]);
+                        if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
                     }
+                    sc[nt][e] = v;
                 }
             }
-            sm.update(sc, alpha);
-        }
+            float alpha[2];
+            if (fused) {
+                sm.update_scaled(sc, sqk, alpha);
+            } else {
+                // ---- causal_mask (and keys >= Nk) ----
+                if (masked) {
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int key = j * KVT + 8 * nt + 2 * t + (e & 1);
+                            if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) sc[nt][e] = neg_inf();
+                        }
+                    }
+                }
+                sm.update(sc, alpha);
+            }
 
-        if (j > 0) {
+            if (j > 0) {
+                wgmma_wait<0>();
+                reg_fence(f);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(v_empty(sp));
+                merge_block(o, f, alpha_prev);
+            }
+            p_to_e4m3_a(sc, pf);
+            alpha_prev[0] = alpha[0];
+            alpha_prev[1] = alpha[1];
+        }
+        if (my_tiles > 0) {
+            // ---- pv of the last tile ----
+            const int sp = slot(my_tiles - 1);
+            mbar_wait(v_full(sp), phase(my_tiles - 1));
+            turn_begin();
+            wgmma_fence();
+            pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
+            turn_end(my_tiles);
             wgmma_wait<0>();
             reg_fence(f);
             __syncwarp();
             if (lane == 0) mbar_arrive(v_empty(sp));
             merge_block(o, f, alpha_prev);
+            if (my_tiles < n_tiles) release_k(my_tiles);
         }
-        p_to_e4m3_a(sc, pf);
-        alpha_prev[0] = alpha[0];
-        alpha_prev[1] = alpha[1];
-    }
-    if (my_tiles > 0) {
-        // ---- pv of the last tile ----
-        const int sp = (my_tiles - 1) % WG_STAGES;
-        mbar_wait(v_full(sp), ((my_tiles - 1) / WG_STAGES) & 1);
-        wgmma_fence();
-        pv_issue<DP>(f, pf, s_v + sp * L::V_BYTES);
-        wgmma_wait<0>();
-        reg_fence(f);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(v_empty(sp));
-        merge_block(o, f, alpha_prev);
-    }
-    // Past this warpgroup's last visible key (causal): nothing to compute, but the slots are released
-    // in order like any other, or the ring's phases would slip.
-    for (int j = my_tiles; j < n_tiles; ++j) {
-        const int s = j % WG_STAGES;
-        const u32 parity = (j / WG_STAGES) & 1;
-        mbar_wait(k_full(s), parity);
-        if (lane == 0) mbar_arrive(k_empty(s));
-        mbar_wait(v_full(s), parity);
-        if (lane == 0) mbar_arrive(v_empty(s));
-    }
+        // Past this warpgroup's last visible key (causal): nothing to compute, but the slots are released
+        // in order like any other, or the ring's phases would slip.
+        for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
+            turn_begin();
+            turn_end(j);
+            if (j < n_tiles) release_k(j);
+            if (j >= 1) release_v(j - 1);
+        }
 
-    // ---- finalize ----
-    sm.reduce_rows();
-    const float* svp = v_scales + khead * DP;
-    const float* vmp = vm != nullptr ? vm + khead * DP : nullptr;
-    OutT* obase = (OutT*)out_ptr + (i64)b * o_sb + (i64)h * o_sh;
+        // Q's buffer is free for the item after next once every wgmma reading it is done.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(q_empty(qb));
+
+        // ---- finalize ----
+        const Item item = item_of(w);
+        const int h = item.h, b = item.b;
+        const i64 qhead = item.qhead, khead = item.khead;
+        sm.reduce_rows();
+        const float* svp = v_scales + khead * DP;
+        const float* vmp = vm != nullptr ? vm + khead * DP : nullptr;
+        OutT* obase = (OutT*)out_ptr + (i64)b * o_sb + (i64)h * o_sh;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = r == 0 ? row0 : row1;
-        if (row >= Nq) continue;
-        const float l = sm.l[r];  // sums 448 p
-        OutT* orow = obase + (i64)row * o_sn;
+        for (int r = 0; r < 2; ++r) {
+            const int row = r == 0 ? row0 : row1;
+            if (row >= Nq) continue;
+            const float l = sm.l[r];  // sums 448 p
+            // One division per row, then products: acc * (1/l) is within an ulp of acc / l (rounding-level,
+            // like the other folds), and 64 correctly rounded divisions per row cost as much as a KV tile.
+            const float inv_l = l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
+            OutT* orow = obase + (i64)row * o_sn;
 #pragma unroll
-        for (int ct = 0; ct < CT; ++ct) {
+            for (int ct = 0; ct < CT; ++ct) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int c = 8 * ct + 2 * t + e;
-                if (c < D) {
-                    // A row that saw no key outputs 0, nothing added back (Step 5).
-                    float v = 0.0f;
-                    if (l != 0.0f) {
-                        v = __fmul_rn(__fdiv_rn(o[4 * ct + 2 * r + e], l), svp[c]);
-                        if (vmp != nullptr) v = __fadd_rn(v, vmp[c]);
+                for (int e = 0; e < 2; ++e) {
+                    const int c = 8 * ct + 2 * t + e;
+                    if (c < D) {
+                        // A row that saw no key outputs 0, nothing added back (Step 5).
+                        float v = 0.0f;
+                        if (l != 0.0f) {
+                            v = __fmul_rn(__fmul_rn(o[4 * ct + 2 * r + e], inv_l), svp[c]);
+                            if (vmp != nullptr) v = __fadd_rn(v, vmp[c]);
+                        }
+                        orow[c] = OUT::store(v);
                     }
-                    orow[c] = OUT::store(v);
                 }
             }
+            if (lse != nullptr && t == 0) {
+                float x = sm.lse(r);
+                // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)
+                if (qkm != nullptr && l != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
+                lse[qhead * Nq + row] = x;
+            }
         }
-        if (lse != nullptr && t == 0) {
-            float x = sm.lse(r);
-            // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)
-            if (qkm != nullptr && l != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
-            lse[qhead * Nq + row] = x;
-        }
+        return n_tiles;
+    };
+    if constexpr (PERSIST) {
+        int tiles_before = 0;
+        for (int w = blockIdx.x, k = 0; w < n_items; w += gridDim.x, ++k) tiles_before += consume(w, k, tiles_before);
+    } else {
+        consume(blockIdx.x, 0, 0);  // one item per CTA: the loop's state would cost registers
     }
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_hd{64|128}_{f16|bf16|f32}: sm_90a only; grid (ceil(Nq/128), Hq, B), 384
-// threads, dynamic shared memory WgSmem<DP>::BYTES + 1024. Parameters: ABI.md ("Hopper kernel").
-#define SAGE_WGMMA_ENTRY(NAME, DP, OUT)                                                                    \
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_persistent]: sm_90a only; 384 threads,
+// dynamic shared memory WgSmem<DP, KVT>::BYTES + 1024; grid (ceil(Nq/128) * Hq * B, 1, 1), or for
+// `_persistent` (G, 1, 1) with any G >= 1 (each CTA takes items blockIdx.x + k G). Parameters: ABI.md
+// ("Hopper kernel").
+#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, PERSIST, OUT)                                                               \
     extern "C" __global__ void __launch_bounds__(WG_CTA_THREADS, 1)                                       \
         NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                  \
              const __grid_constant__ TmaMap v_map, const float* q_scales, const float* k_scales,          \
-             const float* v_scales, const float* vm, const float* qkm, void* out, i64 o_stride_b,         \
-             i64 o_stride_h, i64 o_stride_n, float* lse, int Hq, int Hkv, int Nq, int Nk, int D,          \
-             int granularity, int causal, float sm_scale) {                                              \
-        attn_wgmma<DP, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qkm, out, o_stride_b, \
-                            o_stride_h, o_stride_n, lse, Hq, Hkv, Nq, Nk, D, granularity, causal,        \
-                            sm_scale);                                                                    \
+             const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,        \
+             i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,  \
+             int Nk, int D, int granularity, int causal, float sm_scale) {                               \
+        attn_wgmma<DP, KVT, PERSIST, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,     \
+                                 o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
+                                 granularity, causal, sm_scale);                                          \
     }
+#define SAGE_WGMMA_GRIDS(NAME, DP, KVT, OUT)          \
+    SAGE_WGMMA_ENTRY(NAME, DP, KVT, false, OUT)        \
+    SAGE_WGMMA_ENTRY(NAME##_persistent, DP, KVT, true, OUT)
+#define SAGE_WGMMA_SHAPES(DT, OUT)                                       \
+    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
+    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
+    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
+    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
 #ifdef SAGE_WANT_F16
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd64_f16, 64, DtF16)
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd128_f16, 128, DtF16)
+SAGE_WGMMA_SHAPES(f16, DtF16)
 #endif
 #ifdef SAGE_WANT_BF16
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd64_bf16, 64, DtBF16)
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd128_bf16, 128, DtBF16)
+SAGE_WGMMA_SHAPES(bf16, DtBF16)
 #endif
 #ifdef SAGE_WANT_F32
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd64_f32, 64, DtF32)
-SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_hd128_f32, 128, DtF32)
+SAGE_WGMMA_SHAPES(f32, DtF32)
 #endif
 
 #endif  // SAGE_HAVE_WGMMA

@@ -79,7 +79,13 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
     if cu_file == "attn_wgmma.cu":
         if arch != "sm_90a":
             return set()
-        return {f"attn_int8_fp8_wgmma_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
+        return {
+            f"attn_int8_fp8_wgmma_kv{kv}_hd{d}_{dt}{p}"
+            for kv in (64, 128)
+            for d in HEAD_DIMS
+            for dt in dtypes
+            for p in ("", "_persistent")
+        }
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check

@@ -59,6 +59,8 @@ pub struct BenchPlan {
     pub modes: Vec<Mode>,
     pub causal: Vec<bool>,
     pub granularity: Granularity,
+    /// The online-softmax block (None: the backend's default for each mode).
+    pub kv_block: Option<usize>,
     pub dtype: DType,
     pub warmup: usize,
     pub iters: usize,
@@ -133,6 +135,7 @@ pub fn run(
                     mode,
                     granularity: plan.granularity,
                     causal,
+                    kv_block: plan.kv_block,
                     ..Default::default()
                 };
                 let t = backend.time_attention(&dq, &dk, &dv, &params, plan.warmup, plan.iters)?;

@@ -445,6 +445,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         modes,
         causal,
         granularity: config.params.granularity,
+        kv_block: config.params.kv_block,
         dtype: args.dtype.parse().map_err(|e| Error::param("dtype", e))?,
         warmup: args.warmup,
         iters: args.iters,
@@ -470,8 +471,19 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for path in &args.baseline {
         records.extend(sage::bench::read_records(path)?);
     }
+    let kv_block = match plan.kv_block {
+        Some(kv) => kv.to_string(),
+        None => {
+            let per_mode: Vec<String> = plan
+                .modes
+                .iter()
+                .map(|m| format!("{m} {}", caps.default_kv_block_for(*m)))
+                .collect();
+            format!("default ({})", per_mode.join(", "))
+        }
+    };
     println!(
-        "{} ({}), {} inputs, granularity {}, median of {} calls after {} warm-up",
+        "{} ({}), {} inputs, granularity {}, kv_block {kv_block}, median of {} calls after {} warm-up",
         caps.device,
         backend.name(),
         plan.dtype,
@@ -559,6 +571,12 @@ fn info(json: bool) -> Result<()> {
                     c.kv_blocks,
                     c.default_kv_block
                 );
+                for (m, kv) in &c.mode_kv_blocks {
+                    println!(
+                        "      {m}: kv_block {kv:?} (default {})",
+                        c.default_kv_block_for(*m)
+                    );
+                }
             }
             None => println!(
                 "{:<5} unavailable  {}",

@@ -99,7 +99,7 @@ impl Problem {
             .attention(&q, &k, &v, &p)
             .unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
         let cpu = CpuBackend::new()
-            .attention(&q, &k, &v, &p)
+            .attention(&q, &k, &v, &backend.capabilities().pin_kv_block(&p))
             .unwrap_or_else(|e| panic!("cpu: {e}"));
         let exact = reference_attention(&q, &k, &v, &p).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.out.shape(), q.shape());

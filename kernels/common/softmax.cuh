@@ -30,29 +30,46 @@ struct OnlineSoftmax {
 
     // `update`: turns one KV tile's logits s into p = exp2(L - m_new) in place and returns the
     // factor alpha = exp2(m_old - m_new) that rescales the running state of each row (see advance).
-    SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) { update_rows<false>(s, 0.0f, alpha); }
-
-    // `update` for logits L = s * scale given as the unscaled s (scale > 0, no -inf; the INT8-FP8
-    // kernel's unmasked tiles): multiplying by a positive scale keeps the order, so the block max is
-    // fl(max s * scale), and each p takes one FMA.
-    SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
-        update_rows<true>(s, scale, alpha);
+    SAGE_DEVICE void update(float (&s)[NT][4], float (&alpha)[2]) {
+        const float none[1] = {0.0f};
+        update_rows<false>(s, none, alpha);
     }
 
-    template <bool SCALED>
-    SAGE_DEVICE void update_rows(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+    // `update` for logits L = s * scale given as the unscaled s (scale > 0, no -inf; the INT8-FP8
+    // kernels' unmasked tiles): multiplying by a positive scale keeps the order, so the block max is
+    // fl(max s * scale), and each p takes one FMA. With NS scales, n-tile nt takes scale[nt / (NT/NS)]
+    // (a KV tile of 128 keys spans two 64-key K scale groups): the max of the groups' fl(max s * scale)
+    // is still the max of every fl(s * scale).
+    template <int NS>
+    SAGE_DEVICE void update_scaled(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
+        update_rows<true>(s, scale, alpha);
+    }
+    SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+        const float one[1] = {scale};
+        update_rows<true>(s, one, alpha);
+    }
+
+    template <bool SCALED, int NS>
+    SAGE_DEVICE void update_rows(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
+        constexpr int PER = NT / NS;  // n-tiles per scale group
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float bm = neg_inf();
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) bm = fmaxf(bm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            const float base = advance(r, SCALED ? __fmul_rn(bm, scale) : bm, alpha);
+            for (int gi = 0; gi < NS; ++gi) {
+                float gm = neg_inf();
+#pragma unroll
+                for (int nt = gi * PER; nt < (gi + 1) * PER; ++nt)
+                    gm = fmaxf(gm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                bm = fmaxf(bm, SCALED ? __fmul_rn(gm, scale[gi]) : gm);
+            }
+            const float base = advance(r, bm, alpha);
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                 for (int c = 2 * r; c < 2 * r + 2; ++c)
-                    s[nt][c] = ex2(SCALED ? __fmaf_rn(s[nt][c], scale, -base) : s[nt][c] - base);
+                    s[nt][c] = ex2(SCALED ? __fmaf_rn(s[nt][c], scale[nt / PER], -base) : s[nt][c] - base);
                 sum += s[nt][2 * r] + s[nt][2 * r + 1];
             }
             l[r] = l[r] * alpha[r] + sum;

@@ -223,7 +223,8 @@ fn check_end_to_end(
         Ok(o) => o,
         Err(e) => return report.fail(format!("{what}: {e}")),
     };
-    let cpu = match CpuBackend::new().attention(&q, &k, &v, p) {
+    let pinned = backend.capabilities().pin_kv_block(p);
+    let cpu = match CpuBackend::new().attention(&q, &k, &v, &pinned) {
         Ok(o) => o,
         Err(e) => return report.fail(format!("{what}: cpu: {e}")),
     };
@@ -385,6 +386,7 @@ pub fn options(backend: &dyn AttentionBackend) {
                 (Some(false), true, false, None),
                 (None, false, true, None),
                 (Some(true), true, true, Some(128)),
+                (Some(false), false, false, Some(64)),
             ] {
                 for causal in [false, true] {
                     salt += 1;
@@ -396,8 +398,8 @@ pub fn options(backend: &dyn AttentionBackend) {
                         ..params_for(mode, Granularity::PerThread, causal)
                     };
                     let caps = backend.capabilities();
-                    let kvb = kv_block.unwrap_or(caps.default_kv_block);
-                    if !caps.kv_blocks.contains(&kvb)
+                    let kvb = kv_block.unwrap_or(caps.default_kv_block_for(mode));
+                    if !caps.kv_blocks_for(mode).contains(&kvb)
                         || (rotate && !caps.rotate)
                         || (smooth_v && !caps.smooth_v)
                     {

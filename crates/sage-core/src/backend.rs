@@ -28,6 +28,9 @@ pub struct Capabilities {
     /// Accepted `kv_block` values and the default one (the result depends on it: ALGORITHM.md Step 6).
     pub kv_blocks: Vec<usize>,
     pub default_kv_block: usize,
+    /// Modes whose accepted `kv_block` values differ from `kv_blocks`, the first being that mode's
+    /// default (the Hopper kernel of `int8-fp8` works on blocks of 128 keys).
+    pub mode_kv_blocks: Vec<(Mode, Vec<usize>)>,
     pub dtypes: Vec<DType>,
     pub layouts: Vec<Layout>,
     pub causal: bool,
@@ -39,6 +42,36 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// The `kv_block` values `mode` accepts; the first is its default.
+    pub fn kv_blocks_for(&self, mode: Mode) -> &[usize] {
+        self.mode_kv_blocks
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map_or(&self.kv_blocks, |(_, v)| v)
+    }
+
+    /// `params` with `kv_block` set to the value this backend takes for them, so that another backend
+    /// (the CPU, as reference) computes with the same blocks (ALGORITHM.md Step 6: the result depends
+    /// on it, and backends' defaults may differ).
+    pub fn pin_kv_block(&self, params: &AttentionParams) -> AttentionParams {
+        let mode = match params.mode {
+            Mode::Auto => self.auto_mode,
+            m => m,
+        };
+        AttentionParams {
+            kv_block: Some(params.kv_block.unwrap_or(self.default_kv_block_for(mode))),
+            ..*params
+        }
+    }
+
+    /// The `kv_block` of `mode` when the caller sets none.
+    pub fn default_kv_block_for(&self, mode: Mode) -> usize {
+        self.kv_blocks_for(mode)
+            .first()
+            .copied()
+            .unwrap_or(self.default_kv_block)
+    }
+
     /// A backend with every granularity, dtype, layout and option (causal, GQA, LSE, smoothing,
     /// rotation) and head dims up to 128 padded to 64 or 128; the first of `kv_blocks` is the default.
     pub fn with_all_features(
@@ -58,6 +91,7 @@ impl Capabilities {
             max_head_dim: MAX_HEAD_DIM,
             default_kv_block: kv_blocks.first().copied().unwrap_or(64),
             kv_blocks,
+            mode_kv_blocks: Vec::new(),
             dtypes: DType::ALL.to_vec(),
             layouts: Layout::ALL.to_vec(),
             causal: true,
@@ -441,13 +475,14 @@ impl Problem {
         if mode.is_quantized() && !caps.granularities.contains(&params.granularity) {
             return Err(unsupported(format!("granularity {}", params.granularity)));
         }
-        let kv_block = params.kv_block.unwrap_or(caps.default_kv_block);
-        if !caps.kv_blocks.contains(&kv_block) {
+        let kv_block = params.kv_block.unwrap_or(caps.default_kv_block_for(mode));
+        if !caps.kv_blocks_for(mode).contains(&kv_block) {
             return Err(Error::param(
                 "kv_block",
                 format!(
-                    "{kv_block} is not one of {:?} on backend {}",
-                    caps.kv_blocks, caps.backend
+                    "{kv_block} is not one of {:?} for {mode} on backend {}",
+                    caps.kv_blocks_for(mode),
+                    caps.backend
                 ),
             ));
         }

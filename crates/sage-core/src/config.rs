@@ -239,13 +239,14 @@ pub const CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// `SAGE_*` variables that belong to a backend or the test harness, not to the config layers.
-pub const ENV_PASSTHROUGH: [&str; 14] = [
+pub const ENV_PASSTHROUGH: [&str; 15] = [
     "SAGE_WGPU_ADAPTER",
     "SAGE_CUDA_CACHE_DIR",
     "SAGE_KERNEL_DIR",
     "SAGE_CUDA_DEVICE",
     "SAGE_CUDA_POISON",
     "SAGE_CUDA_WGMMA",
+    "SAGE_CUDA_PERSISTENT",
     "SAGE_NVRTC_DIR",
     "SAGE_REQUIRE",
     "SAGE_SEED",

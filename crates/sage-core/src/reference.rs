@@ -26,6 +26,7 @@ fn reference_caps() -> Capabilities {
         max_head_dim: MAX_HEAD_DIM,
         kv_blocks: vec![64, 128],
         default_kv_block: 64,
+        mode_kv_blocks: Vec::new(),
         dtypes: DType::ALL.to_vec(),
         layouts: Layout::ALL.to_vec(),
         causal: true,

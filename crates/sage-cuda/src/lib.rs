@@ -77,10 +77,16 @@ const WGMMA_ROWS: usize = 128;
 /// K/V ring depth of the Hopper kernel (`WG_STAGES` in attn_wgmma.cu).
 const WGMMA_STAGES: usize = 4;
 
-/// Dynamic shared memory of `attn_int8_fp8_wgmma_hd<dp>`: Q tile, K and V rings, mbarriers, and 1024
-/// bytes for the kernel to align its base (ABI.md).
-fn wgmma_smem_bytes(dp: usize) -> usize {
-    WGMMA_ROWS * dp + WGMMA_STAGES * 2 * 64 * dp + 8 * (1 + 4 * WGMMA_STAGES) + 1024
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>`: two Q tiles, K and V rings,
+/// mbarriers, the two consumers' qm and double-buffered dS, and 1024 bytes for the kernel to align its
+/// base (ABI.md, `WgSmem` in attn_wgmma.cu).
+fn wgmma_smem_bytes(dp: usize, kvt: usize) -> usize {
+    2 * WGMMA_ROWS * dp
+        + WGMMA_STAGES * 2 * kvt * dp
+        + 8 * (4 + 4 * WGMMA_STAGES)
+        + 4 * 2 * dp
+        + 4 * 2 * 2 * kvt
+        + 1024
 }
 
 /// The CUDA backend on one device.
@@ -97,6 +103,8 @@ pub struct CudaBackend {
     poison: bool,
     /// `int8-fp8` runs on the wgmma/TMA kernel (sm_90a, unless `SAGE_CUDA_WGMMA=0`).
     wgmma: bool,
+    /// Multiprocessors: the grid of the Hopper kernel's persistent form.
+    sms: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -235,6 +243,9 @@ impl CudaBackend {
             )));
         }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_or(1, |n| n.max(1) as usize);
         Ok(CudaBackend {
             arch: arch_for(cc.0, cc.1),
             device: format!("{name} (sm_{}{})", cc.0, cc.1),
@@ -246,6 +257,7 @@ impl CudaBackend {
             poison: cfg!(debug_assertions)
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
+            sms,
         })
     }
 
@@ -489,6 +501,7 @@ impl CudaBackend {
     /// is the argument list of the mma.sync kernel from `out` on (ABI.md, "Hopper kernel").
     fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
         let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
+        let kvt = p.kv_block;
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -497,8 +510,14 @@ impl CudaBackend {
                 dp as u32,
                 WGMMA_ROWS as u32,
             )?,
-            self.tensor_map(&bufs.k_codes, dp, b * hk * bufs.nk_pad, dp as u32, 64)?,
-            self.tensor_map(&bufs.vt, bufs.nk_pad, b * hk * dp, 64, dp as u32)?,
+            self.tensor_map(
+                &bufs.k_codes,
+                dp,
+                b * hk * bufs.nk_pad,
+                dp as u32,
+                kvt as u32,
+            )?,
+            self.tensor_map(&bufs.vt, bufs.nk_pad, b * hk * dp, kvt as u32, dp as u32)?,
         ];
         let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
         let mut args = vec![
@@ -506,16 +525,58 @@ impl CudaBackend {
             self.ptr(&bufs.k_scales),
             opt(&bufs.sv),
             opt(&bufs.vm),
+            opt(&bufs.qm),
             opt(&bufs.qkm),
         ];
-        args.extend_from_slice(tail);
-        let name = format!("attn_int8_fp8_wgmma_hd{dp}_{}", dtype_suffix(p.dtype));
+        // the mma.sync list from `out` to `lse`, then B (the grid is flat), then Hq on
+        args.extend_from_slice(&tail[..5]);
+        args.push(Arg::I32(b as i32));
+        args.extend_from_slice(&tail[5..]);
+        // The persistent form (`_persistent`): one CTA per multiprocessor loops over the work items
+        // and loads the next one's tiles while it finishes the last. SAGE_CUDA_PERSISTENT chooses:
+        // `off` (default), `on` (one CTA per multiprocessor) or a number of CTAs (tests use a few,
+        // so that every CTA goes through many items).
+        let items = p.seq_q.div_ceil(WGMMA_ROWS) * hq * b;
+        let ctas = match std::env::var("SAGE_CUDA_PERSISTENT").as_deref() {
+            Ok("off") => None,
+            Ok("on") => Some(self.sms),
+            Ok(n) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(Error::param(
+                        "SAGE_CUDA_PERSISTENT",
+                        format!("`{n}` is not off, on or a number of blocks"),
+                    ));
+                }
+            },
+            // Off by default: on an H200 it was slower for D = 128 (its persistent form spills)
+            // and for causal shapes (static round-robin over unequal items), and 6 % faster only
+            // at D = 64, N = 1024, non-causal (BENCHMARKS.md).
+            Err(_) => None,
+        };
+        let (name, grid) = if let Some(ctas) = ctas {
+            (
+                format!(
+                    "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}_persistent",
+                    dtype_suffix(p.dtype)
+                ),
+                items.min(ctas),
+            )
+        } else {
+            (
+                format!(
+                    "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}",
+                    dtype_suffix(p.dtype)
+                ),
+                items,
+            )
+        };
         self.launch_with(
             Module::AttnWgmma,
             &name,
-            [p.seq_q.div_ceil(WGMMA_ROWS), hq, b],
+            [grid, 1, 1],
             384,
-            wgmma_smem_bytes(dp) as u32,
+            wgmma_smem_bytes(dp, kvt) as u32,
             &maps,
             &args,
         )
@@ -846,7 +907,7 @@ impl CudaBackend {
                 Arg::I32(p.causal as i32),
                 Arg::F32(p.sm_scale),
             ]);
-            if self.wgmma && p.mode == Mode::Int8Fp8 && !p.smooth_q {
+            if self.wgmma && p.mode == Mode::Int8Fp8 {
                 self.launch_wgmma(&p, &bufs, &args[11..])?;
             } else {
                 let kind = match p.mode {
@@ -914,14 +975,19 @@ impl AttentionBackend for CudaBackend {
         } else {
             Mode::Int8Fp16
         };
-        // 64 keys is the attention kernels' only KV tile (kernels/ABI.md).
-        Capabilities::with_all_features(
+        // 64 keys is the mma.sync kernels' only KV tile (kernels/ABI.md); the Hopper kernel of
+        // int8-fp8 takes 128 (its default there) or 64.
+        let mut caps = Capabilities::with_all_features(
             NAME,
             self.device.clone(),
             modes_for(self.cc),
             auto,
             vec![64],
-        )
+        );
+        if self.wgmma {
+            caps.mode_kv_blocks = vec![(Mode::Int8Fp8, vec![128, 64])];
+        }
+        caps
     }
 
     fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
