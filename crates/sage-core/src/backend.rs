@@ -578,6 +578,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kv_block_defaults_and_choices_are_per_mode() {
+        let mut caps = Capabilities::with_all_features(
+            "test",
+            "device".into(),
+            Mode::CONCRETE.to_vec(),
+            Mode::Int8Fp8,
+            vec![64],
+        );
+        caps.mode_kv_blocks = vec![(Mode::Int8Fp8, vec![128, 64])];
+        assert_eq!(caps.kv_blocks_for(Mode::Int8Fp8), &[128, 64]);
+        assert_eq!(caps.kv_blocks_for(Mode::Int8Fp16), &[64]);
+        assert_eq!(caps.default_kv_block_for(Mode::Int8Fp8), 128);
+        assert_eq!(caps.default_kv_block_for(Mode::Exact), 64);
+        let meta = TensorMeta {
+            shape: Shape::new(1, 1, 8, 64),
+            dtype: DType::F16,
+            layout: Layout::Hnd,
+        };
+        let problem = |mode, kv_block| {
+            let params = AttentionParams {
+                mode,
+                kv_block,
+                ..Default::default()
+            };
+            Problem::new(&meta, &meta, &meta, &params, &caps)
+        };
+        // Auto resolves to int8-fp8 first, then takes that mode's default
+        assert_eq!(
+            problem(Mode::Auto, None).map(|p| p.kv_block).ok(),
+            Some(128)
+        );
+        assert_eq!(
+            problem(Mode::Int8Fp16, None).map(|p| p.kv_block).ok(),
+            Some(64)
+        );
+        assert_eq!(
+            problem(Mode::Int8Fp8, Some(64)).map(|p| p.kv_block).ok(),
+            Some(64)
+        );
+        assert!(matches!(
+            problem(Mode::Int8Fp16, Some(128)),
+            Err(Error::InvalidParam { .. })
+        ));
+        // pinning: what another backend must use to compute the same blocks
+        let pinned = caps.pin_kv_block(&AttentionParams::default());
+        assert_eq!(pinned.kv_block, Some(128));
+        let explicit = AttentionParams {
+            kv_block: Some(64),
+            ..Default::default()
+        };
+        assert_eq!(caps.pin_kv_block(&explicit).kv_block, Some(64));
+    }
+
+    #[test]
     fn non_finite_reports_follow_the_cpu_order() {
         // K/V heads in order, K before V in one head, Q last
         assert_eq!(

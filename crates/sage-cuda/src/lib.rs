@@ -1262,6 +1262,15 @@ mod tests {
     }
 
     #[test]
+    fn hopper_kernel_fits_shared_memory() {
+        // ABI.md's figure for the largest instantiation; sm_90 allows 227 KiB per block
+        assert_eq!(wgmma_smem_bytes(128, 128), 168_096);
+        for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
+            assert!(wgmma_smem_bytes(dp, kvt) <= 227 * 1024);
+        }
+    }
+
+    #[test]
     fn argument_slots_hold_c_values() {
         assert_eq!(Arg::I32(-1).slot(), 0xffff_ffff);
         assert_eq!(Arg::F32(1.0).slot(), 0x3f80_0000);
