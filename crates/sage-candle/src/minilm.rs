@@ -260,6 +260,12 @@ impl MiniLm {
     /// Loads `config.json`, `model.safetensors` and `vocab.txt` from `dir` onto the CPU. A missing
     /// directory or file says how to fetch the model.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, Device::Cpu)
+    }
+
+    /// [`MiniLm::load`] onto `device` (a candle CUDA device with the `cuda` feature, say): the
+    /// forward pass then runs there, sage's attention included.
+    pub fn load_on(dir: &Path, device: Device) -> Result<Self> {
         for file in ["config.json", "model.safetensors", "vocab.txt"] {
             let path = dir.join(file);
             if !path.is_file() {
@@ -301,7 +307,6 @@ impl MiniLm {
         let tokenizer = WordPiece::from_file(&dir.join("vocab.txt"))?;
         let weights_path = dir.join("model.safetensors");
         let bytes = std::fs::read(&weights_path).map_err(|e| io_err(&weights_path, e))?;
-        let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(bytes, CandleDType::F32, &device)
             .map_err(|e| format_err(&weights_path, e))?;
         Self::from_var_builder(config, tokenizer, vb, device)

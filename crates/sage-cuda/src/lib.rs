@@ -199,11 +199,24 @@ fn unavailable(reason: String) -> Error {
     }
 }
 
+/// Whether libcuda can be opened (cudarc panics later if it cannot). A build that links it
+/// (feature `dynamic-linking`) could not have started without it.
+fn driver_present() -> bool {
+    #[cfg(feature = "dynamic-loading")]
+    {
+        // SAFETY: only probes whether the shared library can be opened.
+        unsafe { cudarc::driver::sys::is_culib_present() }
+    }
+    #[cfg(not(feature = "dynamic-loading"))]
+    {
+        true
+    }
+}
+
 impl CudaBackend {
     /// Opens CUDA device `SAGE_CUDA_DEVICE` (default 0), or says why it cannot.
     pub fn new() -> Result<Self> {
-        // SAFETY: only probes whether libcuda can be opened (cudarc panics later if it cannot).
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !driver_present() {
             return Err(unavailable(
                 "no CUDA driver (libcuda) on this machine".into(),
             ));

@@ -142,14 +142,27 @@ fn pip_nvrtc_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether libnvrtc can be opened. A build that links it (feature `dynamic-linking`) could not have
+/// started without it.
+fn nvrtc_present() -> bool {
+    #[cfg(feature = "dynamic-loading")]
+    {
+        // SAFETY: only probes whether the shared library can be opened.
+        unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    }
+    #[cfg(not(feature = "dynamic-loading"))]
+    {
+        true
+    }
+}
+
 /// Makes NVRTC loadable, or says why it is not: the system's, else pip's, loaded once so that
 /// cudarc's own lookup by name finds it. Never panics (cudarc would, without the library).
 pub fn ensure_nvrtc() -> Result<()> {
     static READY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     READY
         .get_or_init(|| {
-            // SAFETY: only probes whether the shared library can be opened.
-            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            if nvrtc_present() {
                 return Ok(());
             }
             for dir in pip_nvrtc_dirs() {
@@ -171,7 +184,7 @@ pub fn ensure_nvrtc() -> Result<()> {
                         std::mem::forget(l);
                     }
                 }
-                if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                if nvrtc_present() {
                     return Ok(());
                 }
             }
