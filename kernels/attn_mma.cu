@@ -27,6 +27,7 @@
 #include "common/groups.cuh"
 #include "common/mask.cuh"
 #include "common/softmax.cuh"
+#include "common/epilogue.cuh"
 #endif
 
 #define ATT_THREADS 128
@@ -373,37 +374,8 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     const float* svp = v_scales + khead * DP;
     const float* vmp = vm != nullptr ? vm + khead * DP : nullptr;
     OutT* obase = (OutT*)out_ptr + (i64)b * o_sb + (i64)h * o_sh;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = r == 0 ? row0 : row1;
-        if (row >= Nq) continue;
-        const float l = sm.l[r];
-        const float denom = l;  // FP8: l sums 448 p
-        OutT* orow = obase + (i64)row * o_sn;
-#pragma unroll
-        for (int ct = 0; ct < CT; ++ct) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int c = 8 * ct + 2 * t + e;
-                if (c < D) {
-                    // A row that saw no key outputs 0, nothing added back (Step 5).
-                    float v = 0.0f;
-                    if (l != 0.0f) {
-                        v = __fdiv_rn(o[ct][2 * r + e], denom);
-                        if (PV_FP8) v = __fmul_rn(v, svp[c]);
-                        if (vmp != nullptr) v = __fadd_rn(v, vmp[c]);
-                    }
-                    orow[c] = OUT::store(v);
-                }
-            }
-        }
-        if (lse != nullptr && t == 0) {
-            float x = sm.lse(r);
-            // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)
-            if (qkm != nullptr && l != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
-            lse[qhead * Nq + row] = x;
-        }
-    }
+    store_rows<OUT, CT, PV_FP8, false>(reinterpret_cast<const float(&)[CT * 4]>(o), sm, svp, vmp, obase, o_sn, row0,
+                                       row1, t, Nq, D, lse, qkm, qhead, sm_scale);
 }
 
 // ---- entry points ---------------------------------------------------------------------------------

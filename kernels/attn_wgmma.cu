@@ -33,6 +33,7 @@
 #include "common/groups.cuh"
 #include "common/mask.cuh"
 #include "common/softmax.cuh"
+#include "common/epilogue.cuh"
 #include "common/hopper.cuh"
 #endif
 
@@ -468,38 +469,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         const float* svp = v_scales + khead * DP;
         const float* vmp = vm != nullptr ? vm + khead * DP : nullptr;
         OutT* obase = (OutT*)out_ptr + (i64)b * o_sb + (i64)h * o_sh;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = r == 0 ? row0 : row1;
-            if (row >= Nq) continue;
-            const float l = sm.l[r];  // sums 448 p
-            // One division per row, then products: acc * (1/l) is within an ulp of acc / l (rounding-level,
-            // like the other folds), and 64 correctly rounded divisions per row cost as much as a KV tile.
-            const float inv_l = l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
-            OutT* orow = obase + (i64)row * o_sn;
-#pragma unroll
-            for (int ct = 0; ct < CT; ++ct) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int c = 8 * ct + 2 * t + e;
-                    if (c < D) {
-                        // A row that saw no key outputs 0, nothing added back (Step 5).
-                        float v = 0.0f;
-                        if (l != 0.0f) {
-                            v = __fmul_rn(__fmul_rn(o[4 * ct + 2 * r + e], inv_l), svp[c]);
-                            if (vmp != nullptr) v = __fadd_rn(v, vmp[c]);
-                        }
-                        orow[c] = OUT::store(v);
-                    }
-                }
-            }
-            if (lse != nullptr && t == 0) {
-                float x = sm.lse(r);
-                // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)
-                if (qkm != nullptr && l != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
-                lse[qhead * Nq + row] = x;
-            }
-        }
+        // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
+        store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, qhead,
+                                        sm_scale);
         return n_tiles;
     };
     if constexpr (PERSIST) {

@@ -46,6 +46,7 @@ HEADER_ORDER = [
     "hadamard.cuh",
     "mask.cuh",
     "softmax.cuh",
+    "epilogue.cuh",
     "hopper.cuh",
 ]
 

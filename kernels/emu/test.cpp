@@ -15,6 +15,7 @@
 #include "common/hadamard.cuh"
 #include "common/mask.cuh"
 #include "common/softmax.cuh"
+#include "common/epilogue.cuh"
 #include "quant.cu"
 #include "attn_mma.cu"
 #include "attn_exact.cu"

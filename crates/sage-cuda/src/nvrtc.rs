@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::NAME;
 
 /// The common headers, in the order the amalgamation needs them (kernels/ABI.md, "Compiling").
-const HEADERS: [(&str, &str); 10] = [
+const HEADERS: [(&str, &str); 11] = [
     (
         "prelude.cuh",
         include_str!("../../../kernels/common/prelude.cuh"),
@@ -36,6 +36,10 @@ const HEADERS: [(&str, &str); 10] = [
     (
         "softmax.cuh",
         include_str!("../../../kernels/common/softmax.cuh"),
+    ),
+    (
+        "epilogue.cuh",
+        include_str!("../../../kernels/common/epilogue.cuh"),
     ),
     (
         "hopper.cuh",
