@@ -28,6 +28,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The message of a run that must fail as a user error (exit status 2), `what` naming the case.
+fn user_error(out: &Output, what: &str) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    err
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sage-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -99,8 +106,7 @@ fn backend_comes_from_flag_env_and_config_in_that_order() {
     .unwrap_or_else(|e| panic!("{e}"));
     // config file alone: cuda is unavailable here, and the error says why
     let out = sage(&["run", "--shape", "1x1x8x32"], &[], Some(&dir));
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
+    let err = user_error(&out, "cuda from sage.toml");
     assert!(
         err.contains("cuda") && err.contains("unavailable") && err.lines().count() == 1,
         "{err}"
@@ -162,23 +168,15 @@ fn bad_config_names_the_key() {
         &[],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("granularity"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = user_error(&out, "bad granularity");
+    assert!(err.contains("granularity"), "{err}");
     let out = sage(
         &["run", "--shape", "1x1x8x32"],
         &[("SAGE_KV_BLOCK", "65")],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("SAGE_KV_BLOCK"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = user_error(&out, "SAGE_KV_BLOCK=65");
+    assert!(err.contains("SAGE_KV_BLOCK"), "{err}");
 }
 
 #[test]
@@ -237,8 +235,7 @@ fn inputs_from_files_and_their_errors() {
             &[],
             None,
         );
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{path:?}: {err}");
+        let err = user_error(&out, &format!("{path:?}"));
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.contains(says), "{path:?}: {err}");
     }
@@ -343,12 +340,8 @@ fn calibrate_input_writes_a_plan_of_the_captures() {
         &[],
         None,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("threshold"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = user_error(&out, "threshold 1.5");
+    assert!(err.contains("threshold"), "{err}");
     let bad = dir.join("bad.json");
     std::fs::write(&bad, r#"{"version": 7}"#).unwrap_or_else(|e| panic!("{e}"));
     let out = sage(
@@ -363,8 +356,7 @@ fn calibrate_input_writes_a_plan_of_the_captures() {
         &[],
         None,
     );
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = user_error(&out, "plan version 7");
     assert!(
         err.contains("version 7 is not supported") && err.lines().count() == 1,
         "{err}"
@@ -378,8 +370,7 @@ fn model_without_its_files_says_how_to_fetch_them() {
         &[],
         None,
     );
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = user_error(&out, "no model files");
     assert!(err.contains("scripts/fetch-minilm.sh"), "{err}");
     let out = sage(&["model", "gpt5"], &[], None);
     assert!(text(&out.stderr).contains("minilm"));
