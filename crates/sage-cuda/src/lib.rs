@@ -103,8 +103,9 @@ pub struct CudaBackend {
     poison: bool,
     /// `int8-fp8` runs on the wgmma/TMA kernel (sm_90a, unless `SAGE_CUDA_WGMMA=0`).
     wgmma: bool,
-    /// Multiprocessors: the grid of the Hopper kernel's persistent form.
-    sms: usize,
+    /// The Hopper kernel's persistent form: `SAGE_CUDA_PERSISTENT` read once (`None`: off; else the
+    /// number of CTAs; a bad value is reported by the first call that would use it).
+    persistent: std::result::Result<Option<usize>, String>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -192,6 +193,21 @@ struct Marks {
     end: cudarc::driver::CudaEvent,
 }
 
+/// The CTAs of the Hopper kernel's persistent form for a `SAGE_CUDA_PERSISTENT` value: `off` (or
+/// unset) none, `on` one per multiprocessor, or a number. Off by default: on an H200 it was slower for
+/// D = 128 (its persistent form spills) and for causal shapes (static round-robin over unequal
+/// items), and 6 % faster only at D = 64, N = 1024, non-causal (BENCHMARKS.md).
+fn persistent_ctas(value: Option<&str>, sms: usize) -> std::result::Result<Option<usize>, String> {
+    match value {
+        None | Some("off") => Ok(None),
+        Some("on") => Ok(Some(sms)),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("`{n}` is not off, on or a number of blocks")),
+        },
+    }
+}
+
 fn unavailable(reason: String) -> Error {
     Error::Unavailable {
         backend: NAME,
@@ -270,7 +286,7 @@ impl CudaBackend {
             poison: cfg!(debug_assertions)
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
-            sms,
+            persistent: persistent_ctas(std::env::var("SAGE_CUDA_PERSISTENT").ok().as_deref(), sms),
         })
     }
 
@@ -550,23 +566,10 @@ impl CudaBackend {
         // `off` (default), `on` (one CTA per multiprocessor) or a number of CTAs (tests use a few,
         // so that every CTA goes through many items).
         let items = p.seq_q.div_ceil(WGMMA_ROWS) * hq * b;
-        let ctas = match std::env::var("SAGE_CUDA_PERSISTENT").as_deref() {
-            Ok("off") => None,
-            Ok("on") => Some(self.sms),
-            Ok(n) => match n.parse::<usize>() {
-                Ok(n) if n > 0 => Some(n),
-                _ => {
-                    return Err(Error::param(
-                        "SAGE_CUDA_PERSISTENT",
-                        format!("`{n}` is not off, on or a number of blocks"),
-                    ));
-                }
-            },
-            // Off by default: on an H200 it was slower for D = 128 (its persistent form spills)
-            // and for causal shapes (static round-robin over unequal items), and 6 % faster only
-            // at D = 64, N = 1024, non-causal (BENCHMARKS.md).
-            Err(_) => None,
-        };
+        let ctas = self
+            .persistent
+            .clone()
+            .map_err(|reason| Error::param("SAGE_CUDA_PERSISTENT", reason))?;
         let (name, grid) = if let Some(ctas) = ctas {
             (
                 format!(
@@ -1271,6 +1274,17 @@ mod tests {
         match CudaBackend::new() {
             Ok(b) => assert!(!b.arch().is_empty()),
             Err(e) => assert!(e.to_string().contains(NAME), "{e}"),
+        }
+    }
+
+    #[test]
+    fn persistent_setting_parses_or_says_why() {
+        assert_eq!(persistent_ctas(None, 132), Ok(None));
+        assert_eq!(persistent_ctas(Some("off"), 132), Ok(None));
+        assert_eq!(persistent_ctas(Some("on"), 132), Ok(Some(132)));
+        assert_eq!(persistent_ctas(Some("3"), 132), Ok(Some(3)));
+        for bad in ["0", "-1", "yes", ""] {
+            assert!(persistent_ctas(Some(bad), 132).is_err(), "{bad}");
         }
     }
 
