@@ -155,14 +155,23 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     const int key_end = tile_key_end(q0, Q_TILE, Nq, Nk, is_causal);
     const int n_tiles = key_end > 0 ? ceil_div(key_end, KV_TILE) : 0;
 
+    // Tile copies: chunk i = tid + ATT_THREADS * u of a tile is row i / CH, 16-byte column i % CH.
+    // ATT_THREADS is a multiple of CH, so a thread's column never changes and its rows step by
+    // ATT_THREADS / CH: a tile's copy is one address computation and unrolled constant offsets (the
+    // per-chunk division and 64-bit arithmetic of a plain loop were ~15 % of the loop's instructions).
+    // The thread's offsets are recomputed per tile from tid rather than kept: at Dp = 128 the
+    // kernel has no registers to spare.
+    constexpr int KCH = W / 4, K_PER = KV_TILE * KCH / ATT_THREADS, K_ROWS_STEP = ATT_THREADS / KCH;
+    constexpr int VCH = VW / 4, V_PER = DP * VCH / ATT_THREADS, V_ROWS_STEP = ATT_THREADS / VCH;
+    static_assert(K_PER * ATT_THREADS == KV_TILE * KCH && V_PER * ATT_THREADS == DP * VCH, "whole copies");
+
     // The K tile (and its INT8 twin) is a contiguous block of the padded code buffer.
     auto load_k = [&](int j, int slot) {
-        const u32* src = kw + (i64)j * KV_TILE * W;
-        const u32 dst = s_k_base + slot * K_STAGE_BYTES;
-        for (int i = tid; i < KV_TILE * (W / 4); i += ATT_THREADS) {
-            const int r = i / (W / 4), ch = i % (W / 4);
-            cp_async_16(dst + (r * KROW + ch * 4) * 4, src + r * W + ch * 4);
-        }
+        const int r = tid / KCH, ch = tid % KCH;
+        const u32* src = kw + (i64)j * KV_TILE * W + r * W + ch * 4;
+        const u32 dst = s_k_base + slot * K_STAGE_BYTES + (r * KROW + ch * 4) * 4;
+#pragma unroll
+        for (int u = 0; u < K_PER; ++u) cp_async_16(dst + u * K_ROWS_STEP * KROW * 4, src + u * K_ROWS_STEP * W);
         if (QBITS == 4 && smooth) {
             const u32* src8 = k8w + (i64)j * KV_TILE * K8W;
             for (int i = tid; i < KV_TILE * (K8W / 4); i += ATT_THREADS) {
@@ -173,11 +182,12 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
     };
     // V^T: DP rows of the padded [Dp, Npad] matrix, columns [64j, 64j + 64).
     auto load_v = [&](int j, int slot) {
-        const u32 dst = s_v_base + slot * V_STAGE_BYTES;
-        for (int i = tid; i < DP * (VW / 4); i += ATT_THREADS) {
-            const int c = i / (VW / 4), ch = i % (VW / 4);
-            cp_async_16(dst + (c * VROW + ch * 4) * 4, vw + (i64)c * v_row_words + j * VW + ch * 4);
-        }
+        const int c = tid / VCH, ch = tid % VCH;
+        const u32* src = vw + (i64)c * v_row_words + j * VW + ch * 4;
+        const u32 dst = s_v_base + slot * V_STAGE_BYTES + (c * VROW + ch * 4) * 4;
+        // Not unrolled: issued where P and the accumulators are live, one address at a time.
+#pragma unroll 1
+        for (int u = 0; u < V_PER; ++u) cp_async_16(dst + u * V_ROWS_STEP * VROW * 4, src + (i64)u * V_ROWS_STEP * v_row_words);
     };
     // The K scale of tile j for this lane (one per lane for every granularity).
     const float* sk_lane = k_scales + khead * groups_k + (gran == GRAN_PER_THREAD ? t : 0);
@@ -273,9 +283,9 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
         const bool fused = PV_FP8 && QBITS == 8 && !smooth && logit_scale > 0.0f &&
                            !tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal);
         {
+            // The accumulators start at DOT_BIAS_BITS (the first k-step's C operand), so they end as
+            // biased dot products (softmax.cuh): no zeroing and no int -> float conversion.
             int acc[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
 #pragma unroll
             for (int ks = 0; ks < KSTEPS; ++ks) {
 #pragma unroll
@@ -284,9 +294,15 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                     const int key = 16 * jp + (lane / 16) * 8 + (lane % 8);
                     u32 bf[4];
                     ldmatrix_x4(bf, k_tile + (key * KROW + 8 * ks + ((lane / 8) % 2) * 4) * 4);
-                    if (QBITS == 8) {
+                    if (QBITS == 8 && ks == 0) {
+                        mma_s8_from(acc[2 * jp], qf[ks], bf[0], bf[1], DOT_BIAS_BITS);
+                        mma_s8_from(acc[2 * jp + 1], qf[ks], bf[2], bf[3], DOT_BIAS_BITS);
+                    } else if (QBITS == 8) {
                         mma_s8(acc[2 * jp], qf[ks], bf[0], bf[1]);
                         mma_s8(acc[2 * jp + 1], qf[ks], bf[2], bf[3]);
+                    } else if (ks == 0) {
+                        mma_s4_from(acc[2 * jp], qf[ks], bf[0], bf[1], DOT_BIAS_BITS);
+                        mma_s4_from(acc[2 * jp + 1], qf[ks], bf[2], bf[3], DOT_BIAS_BITS);
                     } else {
                         mma_s4(acc[2 * jp], qf[ks], bf[0], bf[1]);
                         mma_s4(acc[2 * jp + 1], qf[ks], bf[2], bf[3]);
@@ -299,16 +315,20 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             // times instead of twice: a rounding-level difference (ALGORITHM.md Step 3 allows the
             // fold). The _rn intrinsics keep the compiler from contracting these into FMAs.
             sqk = __fmul_rn(sq, sk);
+            if (fused) {
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
+                for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float v = int_to_float_exact(acc[nt][e]);
-                    if (!fused) {
-                        v = __fmul_rn(v, sqk);
+                    for (int e = 0; e < 4; ++e) s[nt][e] = unbias_dot(__int_as_float(acc[nt][e]));
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float v = __fmul_rn(unbias_dot(__int_as_float(acc[nt][e])), sqk);
                         if (smooth) v = __fadd_rn(v, s_ds[8 * nt + 2 * t + (e & 1)]);
+                        s[nt][e] = v;
                     }
-                    s[nt][e] = v;
                 }
             }
         }
@@ -338,14 +358,41 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             u32 pf[2][4];
             p_to_e4m3_a(s, pf);
             stage_c(j, slot);  // (C): V_j landed; every warp is done with K_j and dS
+#if __CUDA_ARCH__ >= 900
+            // sm_90 has no e4m3 mma.sync datapath: ptxas expands each m16n8k32 e4m3 into operand
+            // conversions, two f16 HMMAs and f32 adds of their results (128 FADDs per warp and tile
+            // at Dp = 128). Converting here and chaining the HMMAs through one accumulator gives the
+            // same exact products (every E4M3 value is an f16 value) without the adds. Register i of
+            // an e4m3 fragment holds k = 4t..4t+3 (softmax.cuh); its halves lo = {4t, 4t+1} and
+            // hi = {4t+2, 4t+3} go where m16n8k16 expects k-words t and t+4, for A and B alike, so
+            // the products pair the same keys.
+            u32 ph[2][2][4];  // [k32 step][half of it][m16n8k16 A register]
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks) {
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    e4m3x4_to_f16x2x2(pf[ks][2 * hf], ph[ks][hf][0], ph[ks][hf][2]);
+                    e4m3x4_to_f16x2x2(pf[ks][2 * hf + 1], ph[ks][hf][1], ph[ks][hf][3]);
+                }
+            }
+#endif
 #pragma unroll
             for (int ct = 0; ct < CT; ++ct) {
                 // channels 8ct..8ct+7: matrices = word groups 0-3, 4-7 (k-step 0), 8-11, 12-15 (k-step 1)
                 u32 vb[4];
                 ldmatrix_x4(vb, v_tile + ((8 * ct + lane % 8) * VROW + (lane / 8) * 4) * 4);
                 float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // this tile's own accumulator
+#if __CUDA_ARCH__ >= 900
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {  // vb[i]: k32 step i / 2, its half i % 2
+                    u32 b0, b1;
+                    e4m3x4_to_f16x2x2(vb[i], b0, b1);
+                    mma_f16(f, ph[i / 2][i % 2], b0, b1);
+                }
+#else
                 mma_e4m3(f, pf[0], vb[0], vb[1]);
                 mma_e4m3(f, pf[1], vb[2], vb[3]);
+#endif
                 o[ct][0] = o[ct][0] * alpha[0] + f[0];
                 o[ct][1] = o[ct][1] * alpha[0] + f[1];
                 o[ct][2] = o[ct][2] * alpha[1] + f[2];

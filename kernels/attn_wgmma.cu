@@ -392,22 +392,24 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
             const bool fused = !smooth && logit_scale > 0.0f && !masked;
             float sc[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float v = int_to_float_exact(acc[nt][e]);
-                    if (!fused) {
-                        v = __fmul_rn(v, sqk[nt / 8]);
-                        if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
-                    }
-                    sc[nt][e] = v;
-                }
-            }
             float alpha[2];
             if (fused) {
-                sm.update_scaled(sc, sqk, alpha);
+                // biased dot products (softmax.cuh): one integer add each, no unbiasing
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sc[nt][e] = biased_dot(acc[nt][e]);
+                sm.update_biased(sc, sqk, alpha);
             } else {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
+                        if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
+                        sc[nt][e] = v;
+                    }
+                }
                 // ---- causal_mask (and keys >= Nk) ----
                 if (masked) {
 #pragma unroll

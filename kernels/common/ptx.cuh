@@ -60,6 +60,14 @@ SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(d), "f"(c));
     return (u32)lo | ((u32)hi << 16);
 }
+// E4M3 to f16 is exact (every E4M3 value is an f16 value); the lower byte goes to the lower half.
+// Four E4M3 codes (one fragment register) to two f16x2 words: bytes 0-1 into `lo`, 2-3 into `hi`.
+// The split is inside the asm so that ptxas reads each half in place (no shift per word).
+SAGE_DEVICE void e4m3x4_to_f16x2x2(u32 codes, u32& lo, u32& hi) {
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(codes));
+}
 // Two f32 to two E4M3 codes in 16 bits, `lo` in the low byte; rounding as pack4_e4m3.
 SAGE_DEVICE u16 pack2_e4m3(float lo, float hi) {
     u16 r;
@@ -77,6 +85,15 @@ SAGE_DEVICE void mma_s8(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D = A * B + (c, c, c, c), s8 x s8 -> s32, m16n8k32: the first k-step of a tile, with the
+// accumulator starting from a constant (the dot bias of softmax.cuh) instead of zero.
+SAGE_DEVICE void mma_s8_from(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, int c) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
+}
+
 // D += A * B, s4 x s4 -> s32, m16n8k64 (sm_80+). Native on sm_80/86/89; on sm_90 it is emulated
 // and runs about 25x slower than mma_s8 (GPU-NOTES.md): correct, never fast.
 SAGE_DEVICE void mma_s4(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -84,6 +101,14 @@ SAGE_DEVICE void mma_s4(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         "{%0,%1,%2,%3};"
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// D = A * B + (c, c, c, c), s4 x s4 -> s32, m16n8k64 (see mma_s8_from).
+SAGE_DEVICE void mma_s4_from(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, int c) {
+    asm("mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
 }
 
 #if __CUDA_ARCH__ >= 890

@@ -13,6 +13,18 @@
 #include "common/ptx.cuh"
 #endif
 
+// Dot products as "biased" floats, without the (quarter-rate) I2F unit: the f32 with bits
+// DOT_BIAS_BITS + n is exactly 1.5 * 2^23 + n for |n| < 2^22 (the ulp is 1 there); |dot| <=
+// 128 * 127^2 < 2^21 for INT8 codes (INT4 less). Subtracting DOT_BIAS gives n exactly, the same value
+// as (float)n, and the biased values are ordered as the dots (one exponent), so a row max can be taken
+// on them. The mma.sync kernel gets them for free by starting its accumulators at DOT_BIAS_BITS
+// (mma_s8_from); the wgmma kernel adds the bits.
+#define DOT_BIAS_BITS 0x4B400000
+#define DOT_BIAS 12582912.0f
+SAGE_DEVICE float biased_dot(int n) { return __int_as_float(DOT_BIAS_BITS + n); }
+SAGE_DEVICE float unbias_dot(float f) { return __fsub_rn(f, DOT_BIAS); }
+SAGE_DEVICE float int_to_float_exact(int n) { return unbias_dot(biased_dot(n)); }
+
 template <int NT>
 struct OnlineSoftmax {
     float m[2];  // running max of the base-2 logits of rows g, g+8 (-inf: nothing seen yet)
@@ -47,6 +59,62 @@ struct OnlineSoftmax {
     SAGE_DEVICE void update_scaled(float (&s)[NT][4], float scale, float (&alpha)[2]) {
         const float one[1] = {scale};
         update_rows<true>(s, one, alpha);
+    }
+
+    // `update_scaled` for biased dot products f = DOT_BIAS + dot (an unmasked tile without dS): the
+    // block max is fl((max f - DOT_BIAS) * scale), exactly update_scaled's, and each p takes one FMA,
+    // exp2(f * scale + c) with c = fl(-DOT_BIAS * scale - base) per row and scale group, instead of an
+    // unbiasing FADD and an FMA. c is rounded once, so all logits of a (row, group) move together by
+    // the same delta, |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is
+    // below FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per
+    // row and group, against 2^-4 for its E4M3 rounding), else the exact form runs.
+    template <int NS>
+    SAGE_DEVICE void update_biased(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
+        constexpr int PER = NT / NS;
+        constexpr float FOLD_LIMIT = 4096.0f;
+        float base[2], c[2][NS];
+        bool fold = true;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float bm = neg_inf();
+#pragma unroll
+            for (int gi = 0; gi < NS; ++gi) {
+                float gm = neg_inf();
+#pragma unroll
+                for (int nt = gi * PER; nt < (gi + 1) * PER; ++nt)
+                    gm = fmaxf(gm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                bm = fmaxf(bm, __fmul_rn(unbias_dot(gm), scale[gi]));
+            }
+            base[r] = advance(r, bm, alpha);
+#pragma unroll
+            for (int gi = 0; gi < NS; ++gi) {
+                c[r][gi] = __fmaf_rn(-DOT_BIAS, scale[gi], -base[r]);
+                fold = fold && fabsf(c[r][gi]) < FOLD_LIMIT;
+            }
+        }
+        if (__all_sync(FULL_MASK, fold)) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] = ex2(__fmaf_rn(s[nt][e], scale[nt / PER], c[e / 2][nt / PER]));
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[nt][e] = ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[nt / PER], -base[e / 2]));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) sum += s[nt][2 * r] + s[nt][2 * r + 1];
+            l[r] = l[r] * alpha[r] + sum;
+        }
+    }
+    SAGE_DEVICE void update_biased(float (&s)[NT][4], float scale, float (&alpha)[2]) {
+        const float one[1] = {scale};
+        update_biased(s, one, alpha);
     }
 
     template <bool SCALED, int NS>
@@ -103,10 +171,6 @@ struct OnlineSoftmax {
     }
 };
 
-// int -> float for |n| < 2^22 without the (quarter-rate) I2F unit: the f32 with bits
-// 0x4B400000 + n is exactly 1.5 * 2^23 + n (the ulp is 1 there), so subtracting 1.5 * 2^23 gives n
-// exactly, the same value as (float)n. |dot| <= 128 * 127^2 < 2^21 for INT8 codes (INT4 less).
-SAGE_DEVICE float int_to_float_exact(int n) { return __fsub_rn(__int_as_float(0x4B400000 + n), 12582912.0f); }
 
 #if __CUDA_ARCH__ >= 890
 // P (already 448 p) of NT n-tiles as the A operands of NT/4 k32 FP8 steps, straight from the

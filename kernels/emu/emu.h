@@ -98,6 +98,7 @@ inline int __any_sync(unsigned mask, int pred) {
     });
     return (int)out;
 }
+inline int __all_sync(unsigned mask, int pred) { return !__any_sync(mask, !pred); }
 
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     assert(mask == 0xffffffffu);

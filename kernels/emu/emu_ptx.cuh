@@ -54,6 +54,12 @@ SAGE_DEVICE u32 pack4_e4m3(float a, float b, float c, float d) {
     return (u32)emu_cvt_e4m3(a) | ((u32)emu_cvt_e4m3(b) << 8) | ((u32)emu_cvt_e4m3(c) << 16) |
            ((u32)emu_cvt_e4m3(d) << 24);
 }
+SAGE_DEVICE void e4m3x4_to_f16x2x2(u32 codes, u32& lo, u32& hi) {
+    u16 h[4];
+    for (int i = 0; i < 4; ++i) h[i] = f32_to_f16(emu_e4m3_decode((u8)(codes >> (8 * i))));
+    lo = (u32)h[0] | ((u32)h[1] << 16);
+    hi = (u32)h[2] | ((u32)h[3] << 16);
+}
 SAGE_DEVICE u16 pack2_e4m3(float lo, float hi) { return (u16)(emu_cvt_e4m3(lo) | ((u16)emu_cvt_e4m3(hi) << 8)); }
 
 // ---- mma: from the PTX ISA fragment tables ----
@@ -154,6 +160,14 @@ inline void emu_mma(EmuKind kind, Acc (&d)[4], const u32 (&a)[4], u32 b0, u32 b1
 
 SAGE_DEVICE void mma_s8(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu_mma(EK_S8, d, a, b0, b1); }
 SAGE_DEVICE void mma_s4(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu_mma(EK_S4, d, a, b0, b1); }
+SAGE_DEVICE void mma_s8_from(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, int c) {
+    d[0] = d[1] = d[2] = d[3] = c;
+    emu_mma(EK_S8, d, a, b0, b1);
+}
+SAGE_DEVICE void mma_s4_from(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, int c) {
+    d[0] = d[1] = d[2] = d[3] = c;
+    emu_mma(EK_S4, d, a, b0, b1);
+}
 SAGE_DEVICE void mma_e4m3(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu_mma(EK_E4M3, d, a, b0, b1); }
 SAGE_DEVICE void mma_f16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu_mma(EK_F16, d, a, b0, b1); }
 SAGE_DEVICE void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) { emu_mma(EK_BF16, d, a, b0, b1); }
