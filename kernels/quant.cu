@@ -93,6 +93,84 @@ SAGE_DEVICE void load_tile_rows(const typename DT::T* base, i64 sn, int N, int D
     }
 }
 
+// ---- tiles per CTA, the next one's copy in flight -----------------------------------------------
+// A quantize_* CTA takes QUANT_TPC consecutive tiles of one head (grid.x = ceil(ceil(N/128) /
+// QUANT_TPC), ABI.md). With 16-bit inputs whose rows allow 16-byte loads, tile i+1 is copied into
+// shared memory (cp.async) as soon as every lane holds tile i in registers, so the copy runs under
+// tile i's reductions, barriers and stores; a CTA that loaded, computed and stored in turn kept the
+// memory busy only a third of the time (ncu on an H200: ~30 % of DRAM bandwidth, 2 CTAs per SM).
+#define QUANT_TPC 4
+
+template <class DT>
+struct Staging {
+    // One 16-bit tile of QUANT_TOKENS rows x MAX_DP channels (32 KiB); f32 inputs are not staged.
+    static constexpr bool ON = sizeof(typename DT::T) == 2;
+    static constexpr int ELEMS = ON ? QUANT_TOKENS * MAX_DP : 8;
+};
+
+// Copies rows t0 .. t0+127 (those < N; channel chunks < D) of a head into `tile` ([row][Dp]).
+template <class DT, int DP>
+SAGE_DEVICE void stage_tile(const typename DT::T* base, i64 sn, int N, int D, int t0, typename DT::T* tile) {
+    constexpr int CPR = DP / 8;  // 16-byte chunks per row
+    constexpr int PER = QUANT_TOKENS * CPR / QUANT_THREADS;
+    const u32 dst0 = smem_addr(tile);
+#pragma unroll
+    for (int u = 0; u < PER; ++u) {
+        const int i = threadIdx.x + u * QUANT_THREADS;
+        const int r = i / CPR, c = i % CPR;
+        if (t0 + r < N && 8 * c < D)
+            cp_async_16(dst0 + (r * DP + 8 * c) * 2, base + (i64)(t0 + r) * sn + 8 * c);
+    }
+    cp_async_commit();
+}
+
+// Called by a tile's body once its lane holds its rows: waits until every lane does, then starts the
+// copy of the CTA's next tile (if any) into the shared buffer. A no-op when nothing is staged.
+template <class DT, int DP>
+struct NextTile {
+    const typename DT::T* base;
+    i64 sn;
+    int N, D, next;  // next: the tile to stage, or -1
+    bool staged;
+    typename DT::T* tile;
+    SAGE_DEVICE void operator()() const {
+        if (!staged) return;
+        __syncthreads();
+        if (next >= 0) stage_tile<DT, DP>(base, sn, N, D, next * QUANT_TOKENS, tile);
+    }
+};
+
+// Runs body(tile, x_ready) for the CTA's tiles. Staged: body loads its rows from the shared tile
+// (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from global memory.
+// A barrier separates consecutive tiles (their shared arrays are reused).
+template <class DT, int DP, class BODY>
+SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D, bool staged,
+                               typename DT::T* tile, BODY body) {
+    const int ntiles = ceil_div(N, QUANT_TOKENS);
+    const int first = blockIdx.x * QUANT_TPC, last = min(first + QUANT_TPC, ntiles);
+    if (staged && first < last) stage_tile<DT, DP>(base, sn, N, D, first * QUANT_TOKENS, tile);
+    for (int t = first; t < last; ++t) {
+        if (staged) cp_async_wait_all();
+        __syncthreads();
+        body(t, NextTile<DT, DP>{base, sn, N, D, t + 1 < last ? t + 1 : -1, staged, tile});
+    }
+}
+
+// The lane's rows of tile t0 from the staged copy (`tile` != nullptr) or from global memory.
+template <class DT, int DP>
+SAGE_DEVICE void load_rows(const typename DT::T* base, i64 sn, int N, int D, int t0, int warp, RowLayout<DP> rl,
+                           bool vec, const typename DT::T* tile, float (&x)[RowLayout<DP>::STEPS][8]) {
+    if (tile == nullptr) {
+        load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
+        return;
+    }
+#pragma unroll
+    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
+        const int lr = rl.row(warp, s);
+        load_row8<DT>(tile + lr * DP, t0 + lr < N, D, rl.sub, true, x[s]);
+    }
+}
+
 // A per-head vector of Dp floats (km, vm, sv) in the row layout; `fill` where absent.
 SAGE_DEVICE void load_channel_vec8(const float* v, int sub, float fill, float (&x)[8]) {
 #pragma unroll
@@ -267,36 +345,84 @@ SAGE_DEVICE void stats_load_chunk(typename DT::T (*buf)[32], const typename DT::
     }
 }
 
+// With 16-byte-aligned rows and whole 8-channel chunks (the common case) the loaders copy with
+// cp.async into a ring of STATS_STAGES chunks, two ahead of warp 0: a chunk's copy has two chunks'
+// summation time to land instead of one, and no registers hold it (ncu on an H200: the register
+// path kept ~38 % of DRAM bandwidth busy, warp 0 mostly waiting). Otherwise the loaders stage
+// through registers, one chunk ahead (stats_load_chunk).
+#define STATS_STAGES 3
+
+template <class DT>
+SAGE_DEVICE void stats_copy_chunk(typename DT::T (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N,
+                                  int c0, int D) {
+    typedef StatsChunk<DT> C;
+    constexpr int PER_TOKEN = 32 * (int)sizeof(typename DT::T) / 16;  // 16-byte pieces of a token's 32 channels
+    const int li = threadIdx.x - 32;
+    for (int i = li; i < C::TOKENS * PER_TOKEN; i += STATS_LOADERS) {
+        const int r = i / PER_TOKEN, k = i % PER_TOKEN;
+        const int c = k * (16 / (int)sizeof(typename DT::T));  // first channel of the piece
+        // channels >= D are left as they are: warp 0 reads them, but their sums are never written
+        if (n0 + r < N && c0 + c < D) cp_async_16(smem_addr(&buf[r][c]), base + (i64)(n0 + r) * sn + c0 + c);
+    }
+    cp_async_commit();
+}
+
 template <class DT>
 SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
                                int smooth, float* mean_out, float* vscale_out, int cblock) {
     typedef typename DT::T T;
     typedef StatsChunk<DT> C;
-    __shared__ __align__(16) T s_buf[2][C::TOKENS][32];
+    __shared__ __align__(16) T s_buf[STATS_STAGES][C::TOKENS][32];
     const int c0 = cblock * 32, h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const i64 head = (i64)b * H + h;
     const T* base = x + (i64)b * sb + (i64)h * sh;
     const int chunks = ceil_div(N, C::TOKENS);
+    const bool async = rows_vectorizable<DT>(base, sn, D);
 
     float sum = 0.0f, mx = neg_inf(), mn = pos_inf();
-    if (warp != 0) stats_load_chunk<DT>(s_buf[0], base, sn, 0, N, c0, D);
-    __syncthreads();
-    for (int i = 0; i < chunks; ++i) {
-        if (warp != 0) {
-            if (i + 1 < chunks) stats_load_chunk<DT>(s_buf[(i + 1) & 1], base, sn, (i + 1) * C::TOKENS, N, c0, D);
-        } else {
-            const int rows = min(C::TOKENS, N - i * C::TOKENS);
-            const T(*buf)[32] = s_buf[i & 1];
+    // Warp 0's part: chunk i, in token order.
+    auto add_chunk = [&](int i) {
+        const int rows = min(C::TOKENS, N - i * C::TOKENS);
+        const T(*buf)[32] = s_buf[i % STATS_STAGES];
 #pragma unroll 8
-            for (int r = 0; r < rows; ++r) {
-                const float v = DT::load(buf[r][lane]);  // channels >= D were staged as 0
-                sum = sum + v;  // the CPU's order: ((0 + x0) + x1) + ...
-                mx = fmaxf(mx, v);
-                mn = fminf(mn, v);
+        for (int r = 0; r < rows; ++r) {
+            const float v = DT::load(buf[r][lane]);
+            sum = sum + v;  // the CPU's order: ((0 + x0) + x1) + ...
+            mx = fmaxf(mx, v);
+            mn = fminf(mn, v);
+        }
+    };
+    if (async) {
+        if (warp != 0) {
+            for (int i = 0; i < STATS_STAGES - 1; ++i) {
+                if (i < chunks) stats_copy_chunk<DT>(s_buf[i], base, sn, i * C::TOKENS, N, c0, D);
+                else cp_async_commit();  // uniform group counts
             }
         }
+        for (int i = 0; i < chunks; ++i) {
+            if (warp != 0) cp_async_wait_group<STATS_STAGES - 2>();  // this thread's copies of chunk i landed
+            __syncthreads();  // chunk i visible; warp 0 is done with chunk i-1, whose slot is refilled now
+            if (warp != 0) {
+                const int nx = i + STATS_STAGES - 1;
+                if (nx < chunks) stats_copy_chunk<DT>(s_buf[nx % STATS_STAGES], base, sn, nx * C::TOKENS, N, c0, D);
+                else cp_async_commit();
+            } else {
+                add_chunk(i);
+            }
+        }
+    } else {
+        if (warp != 0) stats_load_chunk<DT>(s_buf[0], base, sn, 0, N, c0, D);
         __syncthreads();
+        for (int i = 0; i < chunks; ++i) {
+            if (warp != 0) {
+                if (i + 1 < chunks)
+                    stats_load_chunk<DT>(s_buf[(i + 1) % STATS_STAGES], base, sn, (i + 1) * C::TOKENS, N, c0, D);
+            } else {
+                add_chunk(i);
+            }
+            __syncthreads();
+        }
     }
     if (warp == 0) {
         const int c = c0 + lane;
@@ -313,15 +439,15 @@ SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, 
 }
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
-template <class DT, int DP>
+template <class DT, int DP, class READY>
 SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* km,
                             int gran, int qmax, int rotate, u8* codes, float* scales, i8* codes8, float* scales8,
-                            int* nonfinite) {
+                            int* nonfinite, int tile, const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
     __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
     __shared__ float s_ginv8[32];
-    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
@@ -331,7 +457,8 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     float x[RL::STEPS][8];
-    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
+    load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
+    x_ready();
     float kmv[8];
     load_channel_vec8(km + head * DP, rl.sub, 0.0f, kmv);
 #pragma unroll
@@ -363,16 +490,17 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
 }
 
 // ---- quantize_q: Steps 2 (smooth_q), 2b, 3, and q.km for the log-sum-exp -----------------------
-template <class DT, int DP>
+template <class DT, int DP, class READY>
 SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Hkv,
                             const float* km, float* qkm, int smooth_q, float* qm_out, int gran, int qmax,
-                            int rotate, u8* codes, float* scales, int* nonfinite) {
+                            int rotate, u8* codes, float* scales, int* nonfinite, int tile,
+                            const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
     __shared__ float s_carry[MAX_DP];
     __shared__ float s_mean[MAX_DP];
     __shared__ u32 s_gmax[32];
     __shared__ float s_ginv[32];
-    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
@@ -382,7 +510,8 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     if (threadIdx.x < 32) s_gmax[threadIdx.x] = 0u;  // +0.0f; visible after the barrier below
 
     float x[RL::STEPS][8];
-    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
+    load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
+    x_ready();
     // km of the K/V head this query head reads (GQA), for q.km with the ORIGINAL q (Step 1).
     float kmv[8];
     const int hk = h / (H / Hkv);
@@ -502,11 +631,12 @@ SAGE_DEVICE u16 e4m3_pair(float lo, float hi) {
 #endif
 }
 
-template <class DT, int DP>
+template <class DT, int DP, class READY>
 SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
-                                 const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt) {
+                                 const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt, int tile,
+                                 const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
-    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const RL rl(lane);
     const int t0 = tile * QUANT_TOKENS;
@@ -515,7 +645,8 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     const bool vec = rows_vectorizable<DT>(base, sn, D);
 
     float x[RL::STEPS][8];
-    load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
+    load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
+    x_ready();
     float vmv[8], svv[8];
     load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
     load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
@@ -618,7 +749,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                           \
         channel_stats_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
         channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out,     \
@@ -626,7 +757,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }                                                                                                     \
     /* K's and V's statistics in one launch (blocks [0, Dp/32) take x0, the rest x1): each CTA is a */   \
     /* chain of N dependent additions, so twice the CTAs in flight finish both in about the time of one. */ \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS)                                           \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                           \
         channel_stats2_##SUFFIX(const DT::T* x0, i64 sb0, i64 sh0, i64 sn0, int smooth0, float* mean0,    \
                                 float* vscale0, const DT::T* x1, i64 sb1, i64 sh1, i64 sn1, int smooth1,  \
                                 float* mean1, float* vscale1, int H, int N, int D, int Dp) {              \
@@ -640,6 +771,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, const float* km, int granularity, int qmax, int rotate, u8* codes,    \
                             float* scales, i8* codes8, float* scales8, int* nonfinite) {                  \
+        __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QK_CALL, DT)                                                                    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
@@ -647,12 +779,14 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                             int Dp, int Hkv, const float* km, float* qkm, int smooth_q, float* qm,        \
                             int granularity, int qmax, int rotate, u8* codes, float* scales,              \
                             int* nonfinite) {                                                             \
+        __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QQ_CALL, DT)                                                                    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_e4m3_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
                                  int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite) { \
         __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 4];                                     \
+        __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QV8_CALL, DT)                                                                   \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
@@ -662,14 +796,27 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
 
+// The staged quantize_* kernels: the CTA's tiles in turn (for_each_tile), each through `FN`.
+#define SAGE_TILES(DT, DPV, X, BODY)                                                                        \
+    {                                                                                                     \
+        const DT::T* head_base = X + (i64)blockIdx.z * stride_b + (i64)blockIdx.y * stride_h;              \
+        const bool staged = Staging<DT>::ON && rows_vectorizable<DT>(head_base, stride_n, D);              \
+        const DT::T* st = staged ? s_tile : nullptr;                                                      \
+        for_each_tile<DT, DPV>(head_base, stride_n, N, D, staged, s_tile,                                 \
+                               [&](int tile, const NextTile<DT, DPV>& x_ready) { BODY; });                                    \
+    }
 #define SAGE_QK_CALL(DT, DPV)                                                                                 \
-    quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km, granularity, qmax, rotate, codes,   \
-                        scales, codes8, scales8, nonfinite)
+    SAGE_TILES(DT, DPV, k,                                                                                \
+               (quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km, granularity, qmax, rotate, \
+                                    codes, scales, codes8, scales8, nonfinite, tile, st, x_ready)))
 #define SAGE_QQ_CALL(DT, DPV)                                                                                 \
-    quantize_q<DT, DPV>(q, stride_b, stride_h, stride_n, H, N, D, Hkv, km, qkm, smooth_q, qm, granularity, \
-                        qmax, rotate, codes, scales, nonfinite)
-#define SAGE_QV8_CALL(DT, DPV) \
-    quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, sv, vt, nonfinite, s_vt)
+    SAGE_TILES(DT, DPV, q,                                                                                \
+               (quantize_q<DT, DPV>(q, stride_b, stride_h, stride_n, H, N, D, Hkv, km, qkm, smooth_q, qm,  \
+                                    granularity, qmax, rotate, codes, scales, nonfinite, tile, st, x_ready)))
+#define SAGE_QV8_CALL(DT, DPV)                                                                                \
+    SAGE_TILES(DT, DPV, v,                                                                                \
+               (quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, sv, vt, nonfinite, s_vt, \
+                                         tile, st, x_ready)))
 #define SAGE_QV16_CALL(DT, DPV) \
     quantize_v_f16<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, vt, nonfinite, s_vt)
 

@@ -229,7 +229,7 @@ static void run_case(const Case& cs) {
         stats(K, 1, km.data(), nullptr);
         if (fp8 || p.smooth_v) stats(V, p.smooth_v, p.smooth_v ? vm.data() : nullptr, fp8 ? sv.data() : nullptr);
         // 5
-        emu_launch({(unsigned)((Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+        emu_launch({(unsigned)(((Nk + 127) / 128 + 3) / 4), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
             if (cs.dt == F32)
                 quantize_k_f32((const float*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), gran, qmax, p.rotate, k_codes.data(), k_scales.data(),
                                k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1]);
@@ -241,7 +241,7 @@ static void run_case(const Case& cs) {
                                 k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1]);
         });
         // 6
-        emu_launch({(unsigned)((Nq + 127) / 128), (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] {
+        emu_launch({(unsigned)(((Nq + 127) / 128 + 3) / 4), (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] {
             float* qkmp = qkm.data();
             float* qmp = p.smooth_q ? qm.data() : nullptr;
             if (cs.dt == F32)
@@ -251,8 +251,8 @@ static void run_case(const Case& cs) {
             else
                 quantize_q_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0]);
         });
-        // 7
-        emu_launch({(unsigned)((Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+        // 7 (quantize_v_f16 takes one tile per CTA, quantize_v_e4m3 QUANT_TPC)
+        emu_launch({(unsigned)(fp8 ? ((Nk + 127) / 128 + 3) / 4 : (Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
             const float* vmp = p.smooth_v ? vm.data() : nullptr;
             if (fp8) {
                 if (cs.dt == F32) quantize_v_e4m3_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2]);

@@ -30,6 +30,8 @@ pub const NAME: &str = "cuda";
 
 /// Tokens per quantization tile (kernels/ABI.md, "Derived sizes").
 const QT: usize = 128;
+/// Tiles of QT tokens per CTA of quantize_q, quantize_k and quantize_v_e4m3 (quant.cu QUANT_TPC).
+const QUANT_TPC: usize = 4;
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -716,7 +718,7 @@ impl CudaBackend {
         self.launch(
             Module::Quant,
             &format!("quantize_k_{dt}"),
-            [nk.div_ceil(QT), hk, b],
+            [nk.div_ceil(QT).div_ceil(QUANT_TPC), hk, b],
             256,
             &args,
         )?;
@@ -740,7 +742,7 @@ impl CudaBackend {
         self.launch(
             Module::Quant,
             &format!("quantize_q_{dt}"),
-            [nq.div_ceil(QT), hq, b],
+            [nq.div_ceil(QT).div_ceil(QUANT_TPC), hq, b],
             256,
             &args,
         )?;
@@ -752,12 +754,13 @@ impl CudaBackend {
             args.push(opt(&bufs.sv));
         }
         args.extend([self.ptr(&bufs.vt), flag(2)]);
-        let name = if fp8 {
-            format!("quantize_v_e4m3_{dt}")
+        let (name, tiles_per_cta) = if fp8 {
+            (format!("quantize_v_e4m3_{dt}"), QUANT_TPC)
         } else {
-            format!("quantize_v_f16_{dt}")
+            (format!("quantize_v_f16_{dt}"), 1)
         };
-        self.launch(Module::Quant, &name, [nk.div_ceil(QT), hk, b], 256, &args)?;
+        let grid = [nk.div_ceil(QT).div_ceil(tiles_per_cta), hk, b];
+        self.launch(Module::Quant, &name, grid, 256, &args)?;
         Ok(bufs)
     }
 
