@@ -94,12 +94,13 @@ SAGE_DEVICE void load_tile_rows(const typename DT::T* base, i64 sn, int N, int D
 }
 
 // ---- tiles per CTA, the next one's copy in flight -----------------------------------------------
-// A quantize_* CTA takes QUANT_TPC consecutive tiles of one head (grid.x = ceil(ceil(N/128) /
-// QUANT_TPC), ABI.md). With 16-bit inputs whose rows allow 16-byte loads, tile i+1 is copied into
+// A quantize_* CTA takes `tpc` consecutive tiles of one head (a launch parameter, 1-8: grid.x =
+// ceil(ceil(N/128) / tpc), ABI.md; the host picks it from the problem's size and the SM count, so
+// that small problems keep one tile per CTA). With 16-bit inputs whose rows allow 16-byte loads,
+// tile i+1 is copied into
 // shared memory (cp.async) as soon as every lane holds tile i in registers, so the copy runs under
 // tile i's reductions, barriers and stores; a CTA that loaded, computed and stored in turn kept the
 // memory busy only a third of the time (ncu on an H200: ~30 % of DRAM bandwidth, 2 CTAs per SM).
-#define QUANT_TPC 4
 
 template <class DT>
 struct Staging {
@@ -144,10 +145,10 @@ struct NextTile {
 // (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from global memory.
 // A barrier separates consecutive tiles (their shared arrays are reused).
 template <class DT, int DP, class BODY>
-SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D, bool staged,
+SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D, int tpc, bool staged,
                                typename DT::T* tile, BODY body) {
     const int ntiles = ceil_div(N, QUANT_TOKENS);
-    const int first = blockIdx.x * QUANT_TPC, last = min(first + QUANT_TPC, ntiles);
+    const int first = blockIdx.x * tpc, last = min(first + tpc, ntiles);
     if (staged && first < last) stage_tile<DT, DP>(base, sn, N, D, first * QUANT_TOKENS, tile);
     for (int t = first; t < last; ++t) {
         if (staged) cp_async_wait_all();
@@ -644,34 +645,80 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     const typename DT::T* base = v + (i64)b * sb + (i64)h * sh;
     const bool vec = rows_vectorizable<DT>(base, sn, D);
 
-    float x[RL::STEPS][8];
-    load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
-    x_ready();
     float vmv[8], svv[8];
     load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
     load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
+    // V' / sv = (V' * pre) / (sv * pre) exactly for a power of two `pre`: 2^64 when one of the lane's
+    // scales is below 2^-100 (a channel of values below ~1e-28, bf16/f32 only), whose reciprocal
+    // div_for_e4m3 needs would overflow or lose its precision, and none above 2^40 (so that no V' * pre
+    // overflows); 1 otherwise. vm and sv are scaled here once; fma(v, pre, -vm * pre) is
+    // fl(v - vm) * pre exactly.
+    bool tiny = false, huge = false;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        tiny = tiny || svv[e] < 7.8886091e-31f;  // 2^-100
+        huge = huge || svv[e] > 1.09951163e12f;  // 2^40
+    }
+    tiny = tiny && !huge;
+    const float pre = tiny ? 18446744073709551616.0f : 1.0f;  // 2^64
     float rcp[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) rcp[e] = __frcp_rn(svv[e]);
-#pragma unroll
-    for (int s = 0; s < RL::STEPS; ++s) {
+    for (int e = 0; e < 8; ++e) {
+        svv[e] = __fmul_rn(svv[e], pre);
+        vmv[e] = __fmul_rn(vmv[e], pre);
+        rcp[e] = __frcp_rn(svv[e]);
+    }
+    // Step s's row (tile-local lr, token n): the non-finite flag, then V' / sv in place.
+    auto scale_row = [&](float(&xs)[8], int s) {
         const int n = t0 + rl.row(warp, s);
-        if (row_nonfinite<RL::LPR>(x[s], rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
+        if (row_nonfinite<RL::LPR>(xs, rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
         // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off); V' / sv
 #pragma unroll
-        for (int e = 0; e < 8; ++e) x[s][e] = n < N ? div_for_e4m3(x[s][e] - vmv[e], svv[e], rcp[e]) : 0.0f;
-    }
+        for (int e = 0; e < 8; ++e)
+            xs[e] = n < N ? div_for_e4m3(__fmaf_rn(xs[e], pre, -vmv[e]), svv[e], rcp[e]) : 0.0f;
+    };
     // Keys lr and lr + 1 (s even) sit in adjacent slots (v8_slot keeps k % 2): one 16-bit store per
     // channel for the pair. Channel rows 8*sub + e are 128 bytes apart and share the rotation of
     // channel 8*sub.
     u16* s_pairs = (u16*)s_vt;
-#pragma unroll
-    for (int s = 0; s < RL::STEPS; s += 2) {
+    auto store_pair = [&](const float(&xa)[8], const float(&xb)[8], int s) {
         const int lr = rl.row(warp, s);
         const int slot = (lr & ~15) | v8_slot(lr & 15);
         u16* dst = s_pairs + (8 * rl.sub * 32 + (((slot / 4) + vt8_rot<DP>(8 * rl.sub)) & 31)) * 2 + (slot % 4) / 2;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e * 64] = e4m3_pair(x[s][e], x[s + 1][e]);
+        for (int e = 0; e < 8; ++e) dst[e * 64] = e4m3_pair(xa[e], xb[e]);
+    };
+    if (s_tile != nullptr) {
+        // Staged: two rows at a time straight from shared memory (few registers), then the next
+        // tile's copy starts.
+#pragma unroll
+        for (int s = 0; s < RL::STEPS; s += 2) {
+            float xa[8], xb[8];
+            load_row8<DT>(s_tile + rl.row(warp, s) * DP, t0 + rl.row(warp, s) < N, D, rl.sub, true, xa);
+            load_row8<DT>(s_tile + rl.row(warp, s + 1) * DP, t0 + rl.row(warp, s + 1) < N, D, rl.sub, true, xb);
+            scale_row(xa, s);
+            scale_row(xb, s + 1);
+            store_pair(xa, xb, s);
+        }
+        x_ready();
+    } else {
+        // From global memory (f32, or rows that 16-byte loads cannot read): VB rows' loads in
+        // flight at a time (all of them made ptxas spill at the 128-register bound).
+        constexpr int VB = V_BATCH;
+        x_ready();
+#pragma unroll
+        for (int s0 = 0; s0 < RL::STEPS; s0 += VB) {
+            float x[VB][8];
+#pragma unroll
+            for (int bi = 0; bi < VB; ++bi) {
+                const int n = t0 + rl.row(warp, s0 + bi);
+                load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[bi]);
+            }
+#pragma unroll
+            for (int bi = 0; bi < VB; ++bi) scale_row(x[bi], s0 + bi);
+#pragma unroll
+            for (int bi = 0; bi < VB; bi += 2) store_pair(x[bi], x[bi + 1], s0 + bi);
+        }
     }
     __syncthreads();
     // Each channel row of the tile is 128 contiguous bytes of V^T: a warp stores one row.
@@ -770,7 +817,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, const float* km, int granularity, int qmax, int rotate, u8* codes,    \
-                            float* scales, i8* codes8, float* scales8, int* nonfinite) {                  \
+                            float* scales, i8* codes8, float* scales8, int* nonfinite, int tpc) {         \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QK_CALL, DT)                                                                    \
     }                                                                                                     \
@@ -778,13 +825,14 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         quantize_q_##SUFFIX(const DT::T* q, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, int Hkv, const float* km, float* qkm, int smooth_q, float* qm,        \
                             int granularity, int qmax, int rotate, u8* codes, float* scales,              \
-                            int* nonfinite) {                                                             \
+                            int* nonfinite, int tpc) {                                                    \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QQ_CALL, DT)                                                                    \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_e4m3_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
-                                 int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite) { \
+                                 int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite,  \
+                                 int tpc) {                                                               \
         __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 4];                                     \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QV8_CALL, DT)                                                                   \
@@ -802,7 +850,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         const DT::T* head_base = X + (i64)blockIdx.z * stride_b + (i64)blockIdx.y * stride_h;              \
         const bool staged = Staging<DT>::ON && rows_vectorizable<DT>(head_base, stride_n, D);              \
         const DT::T* st = staged ? s_tile : nullptr;                                                      \
-        for_each_tile<DT, DPV>(head_base, stride_n, N, D, staged, s_tile,                                 \
+        for_each_tile<DT, DPV>(head_base, stride_n, N, D, tpc, staged, s_tile,                                 \
                                [&](int tile, const NextTile<DT, DPV>& x_ready) { BODY; });                                    \
     }
 #define SAGE_QK_CALL(DT, DPV)                                                                                 \

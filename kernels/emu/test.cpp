@@ -25,6 +25,10 @@
 
 #include "ref.h"
 
+// Tiles per CTA of the quantize kernels here: 2, so that every problem with more than one tile runs
+// the staged loop (and an odd tile count leaves a CTA with one).
+#define EMU_TPC 2
+
 using namespace ref;
 
 enum DType { F16, BF16, F32 };
@@ -81,11 +85,12 @@ struct Tens {
     }
 };
 
-static Tens make_tensor(int B, int H, int N, int D, DType dt, Layout lay, const std::vector<float>& bias, int off = 0) {
+static Tens make_tensor(int B, int H, int N, int D, DType dt, Layout lay, const std::vector<float>& bias, int off = 0,
+                        float scale = 1.0f) {
     Tens t{B, H, N, D, dt, lay};
     t.off = off;
     t.hnd.resize((size_t)B * H * N * D);
-    for (size_t i = 0; i < t.hnd.size(); ++i) t.hnd[i] = round_dt(normal() + bias[i % D], dt);
+    for (size_t i = 0; i < t.hnd.size(); ++i) t.hnd[i] = round_dt((normal() + bias[i % D]) * scale, dt);
     t.make_storage();
     return t;
 }
@@ -100,6 +105,7 @@ struct Case {
     int smooth_q;  // -1 default
     bool smooth_v, rotate, causal;
     int misalign = 0;
+    float v_scale = 1.0f;  // V's values times this (tiny: the V scales below 2^-100, quant.cu)
 };
 
 static int failures = 0;
@@ -129,7 +135,7 @@ static void run_case(const Case& cs) {
     for (int c = 0; c < D; ++c) kb[c] = 4.0f * normal();
     Tens Q = make_tensor(B, Hq, Nq, D, cs.dt, cs.lay, qb, cs.misalign);
     Tens K = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, kb, cs.misalign);
-    Tens V = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, zb, cs.misalign);
+    Tens V = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, zb, cs.misalign, cs.v_scale);
 
     Problem p;
     p.B = B; p.Hq = Hq; p.Hkv = Hkv; p.Nq = Nq; p.Nk = Nk; p.D = D; p.Dp = Dp;
@@ -229,35 +235,35 @@ static void run_case(const Case& cs) {
         stats(K, 1, km.data(), nullptr);
         if (fp8 || p.smooth_v) stats(V, p.smooth_v, p.smooth_v ? vm.data() : nullptr, fp8 ? sv.data() : nullptr);
         // 5
-        emu_launch({(unsigned)(((Nk + 127) / 128 + 3) / 4), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+        emu_launch({(unsigned)(((Nk + 127) / 128 + EMU_TPC - 1) / EMU_TPC), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
             if (cs.dt == F32)
                 quantize_k_f32((const float*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), gran, qmax, p.rotate, k_codes.data(), k_scales.data(),
-                               k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1]);
+                               k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1], EMU_TPC);
             else if (cs.dt == F16)
                 quantize_k_f16((const u16*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), gran, qmax, p.rotate, k_codes.data(), k_scales.data(),
-                               k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1]);
+                               k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1], EMU_TPC);
             else
                 quantize_k_bf16((const u16*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), gran, qmax, p.rotate, k_codes.data(), k_scales.data(),
-                                k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1]);
+                                k8 ? k8_codes.data() : nullptr, k8 ? k8_scales.data() : nullptr, &nonfinite[1], EMU_TPC);
         });
         // 6
-        emu_launch({(unsigned)(((Nq + 127) / 128 + 3) / 4), (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] {
+        emu_launch({(unsigned)(((Nq + 127) / 128 + EMU_TPC - 1) / EMU_TPC), (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] {
             float* qkmp = qkm.data();
             float* qmp = p.smooth_q ? qm.data() : nullptr;
             if (cs.dt == F32)
-                quantize_q_f32((const float*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0]);
+                quantize_q_f32((const float*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0], EMU_TPC);
             else if (cs.dt == F16)
-                quantize_q_f16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0]);
+                quantize_q_f16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0], EMU_TPC);
             else
-                quantize_q_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0]);
+                quantize_q_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0], EMU_TPC);
         });
         // 7 (quantize_v_f16 takes one tile per CTA, quantize_v_e4m3 QUANT_TPC)
-        emu_launch({(unsigned)(fp8 ? ((Nk + 127) / 128 + 3) / 4 : (Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+        emu_launch({(unsigned)(fp8 ? ((Nk + 127) / 128 + EMU_TPC - 1) / EMU_TPC : (Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
             const float* vmp = p.smooth_v ? vm.data() : nullptr;
             if (fp8) {
-                if (cs.dt == F32) quantize_v_e4m3_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2]);
-                else if (cs.dt == F16) quantize_v_e4m3_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2]);
-                else quantize_v_e4m3_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2]);
+                if (cs.dt == F32) quantize_v_e4m3_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2], EMU_TPC);
+                else if (cs.dt == F16) quantize_v_e4m3_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2], EMU_TPC);
+                else quantize_v_e4m3_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, sv.data(), vt.data(), &nonfinite[2], EMU_TPC);
             } else {
                 if (cs.dt == F32) quantize_v_f16_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, (u16*)vt.data(), &nonfinite[2]);
                 else if (cs.dt == F16) quantize_v_f16_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, (u16*)vt.data(), &nonfinite[2]);
@@ -446,9 +452,9 @@ static void nonfinite_test() {
     int nf[3] = {INT_MAX, INT_MAX, INT_MAX};
     emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { channel_stats_f32((const float*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, 1, km.data(), nullptr); });
     emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { channel_stats_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, 1, vm.data(), sv.data()); });
-    emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_k_f32((const float*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), 1, 127, 0, kc.data(), ks.data(), nullptr, nullptr, &nf[1]); });
-    emu_launch({1, (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] { quantize_q_f32((const float*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkm.data(), 1, qm.data(), 1, 127, 1, qc.data(), qs.data(), &nf[0]); });
-    emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_v_e4m3_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vm.data(), sv.data(), vt.data(), &nf[2]); });
+    emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_k_f32((const float*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, D, Dp, km.data(), 1, 127, 0, kc.data(), ks.data(), nullptr, nullptr, &nf[1], 1); });
+    emu_launch({1, (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] { quantize_q_f32((const float*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkm.data(), 1, qm.data(), 1, 127, 1, qc.data(), qs.data(), &nf[0], 1); });
+    emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_v_e4m3_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vm.data(), sv.data(), vt.data(), &nf[2], 1); });
     int wq = (1 * Hq + 2) * Nq + 37, wk = (0 * Hkv + 1) * Nk + 100, wv = (1 * Hkv + 0) * Nk + 0;
     printf("    flags Q %d (want %d) K %d (want %d) V %d (want %d)\n", nf[0], wq, nf[1], wk, nf[2], wv);
     CHECK(nf[0] == wq && nf[1] == wk && nf[2] == wv, "nonfinite flags");
@@ -476,6 +482,8 @@ int main(int argc, char** argv) {
         {"exact f32 d128 causal", 2, 2, 1, 40, 100, 128, F32, HND, EXACT, PER_WARP, -1, false, false, true},
         {"exact f32 d48", 1, 1, 1, 17, 33, 48, F32, NHD, EXACT, PER_WARP, -1, false, false, false},
         {"exact f16 misaligned", 1, 2, 1, 70, 100, 64, F16, NHD, EXACT, PER_WARP, -1, false, false, false, 1},
+        {"int8-fp8 tiny v f32", 1, 2, 1, 70, 300, 64, F32, HND, INT8_FP8, PER_WARP, -1, true, false, false, 0, 2e-39f},
+        {"int8-fp8 tiny v bf16", 1, 2, 2, 70, 300, 128, BF16, NHD, INT8_FP8, PER_THREAD, -1, false, false, true, 0, 3e-36f},
     };
     std::vector<Case> extra = {
         {"exact bf16 d32", 2, 4, 2, 113, 203, 32, BF16, HND, EXACT, PER_WARP, -1, false, false, false},

@@ -30,8 +30,14 @@ pub const NAME: &str = "cuda";
 
 /// Tokens per quantization tile (kernels/ABI.md, "Derived sizes").
 const QT: usize = 128;
-/// Tiles of QT tokens per CTA of quantize_q, quantize_k and quantize_v_e4m3 (quant.cu QUANT_TPC).
-const QUANT_TPC: usize = 4;
+
+/// Tiles of QT tokens per CTA of quantize_q, quantize_k and quantize_v_e4m3 (their `tpc` argument):
+/// more tiles per CTA keep the next tile's copy in flight for longer (quant.cu), but the grid must
+/// still fill the GPU, so a problem of `tiles` tiles in all gets up to 8 only while that leaves at
+/// least four CTAs per SM, and small problems keep one tile per CTA.
+fn quant_tiles_per_cta(tiles: usize, sms: usize) -> usize {
+    (tiles / (4 * sms.max(1))).clamp(1, 8)
+}
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -108,6 +114,8 @@ pub struct CudaBackend {
     /// The Hopper kernel's persistent form: `SAGE_CUDA_PERSISTENT` read once (`None`: off; else the
     /// number of CTAs; a bad value is reported by the first call that would use it).
     persistent: std::result::Result<Option<usize>, String>,
+    /// Streaming multiprocessors (grid sizing of the quantization stage).
+    sms: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -289,6 +297,7 @@ impl CudaBackend {
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
             persistent: persistent_ctas(std::env::var("SAGE_CUDA_PERSISTENT").ok().as_deref(), sms),
+            sms,
         })
     }
 
@@ -658,6 +667,8 @@ impl CudaBackend {
             other => other,
         };
         self.memset32(&bufs.nonfinite, NO_TOKEN, 3)?;
+        let tpc_k = quant_tiles_per_cta(nk.div_ceil(QT) * hk * b, self.sms);
+        let tpc_q = quant_tiles_per_cta(nq.div_ceil(QT) * hq * b, self.sms);
         let [q, k, v] = inputs;
         let (qs, ks, vs) = (strides(&q.1), strides(&k.1), strides(&v.1));
         let dims = |h: usize, n: usize| {
@@ -714,11 +725,12 @@ impl CudaBackend {
             k8c,
             k8s,
             flag(1),
+            Arg::I32(tpc_k as i32),
         ]);
         self.launch(
             Module::Quant,
             &format!("quantize_k_{dt}"),
-            [nk.div_ceil(QT).div_ceil(QUANT_TPC), hk, b],
+            [nk.div_ceil(QT).div_ceil(tpc_k), hk, b],
             256,
             &args,
         )?;
@@ -738,11 +750,12 @@ impl CudaBackend {
             self.ptr(&bufs.q_codes),
             self.ptr(&bufs.q_scales),
             flag(0),
+            Arg::I32(tpc_q as i32),
         ]);
         self.launch(
             Module::Quant,
             &format!("quantize_q_{dt}"),
-            [nq.div_ceil(QT).div_ceil(QUANT_TPC), hq, b],
+            [nq.div_ceil(QT).div_ceil(tpc_q), hq, b],
             256,
             &args,
         )?;
@@ -754,8 +767,11 @@ impl CudaBackend {
             args.push(opt(&bufs.sv));
         }
         args.extend([self.ptr(&bufs.vt), flag(2)]);
+        if fp8 {
+            args.push(Arg::I32(tpc_k as i32));
+        }
         let (name, tiles_per_cta) = if fp8 {
-            (format!("quantize_v_e4m3_{dt}"), QUANT_TPC)
+            (format!("quantize_v_e4m3_{dt}"), tpc_k)
         } else {
             (format!("quantize_v_f16_{dt}"), 1)
         };
@@ -1289,6 +1305,24 @@ mod tests {
         for bad in ["0", "-1", "yes", ""] {
             assert!(persistent_ctas(Some(bad), 132).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn quantization_tiles_per_cta_keep_the_gpu_full() {
+        // 2x32x16384: 8192 tiles on 132 SMs -> 8 per CTA, 1024 CTAs
+        assert_eq!(quant_tiles_per_cta(8192, 132), 8);
+        // a small problem keeps one tile per CTA; in between, at least 4 CTAs per SM remain
+        assert_eq!(quant_tiles_per_cta(256, 132), 1);
+        assert_eq!(quant_tiles_per_cta(0, 132), 1);
+        for tiles in [528, 1056, 2000, 3000, 4223] {
+            let tpc = quant_tiles_per_cta(tiles, 132);
+            assert!(
+                (1..=8).contains(&tpc) && tiles / tpc >= 4 * 132,
+                "{tiles} -> {tpc}"
+            );
+        }
+        // no SM count (0) counts as one SM
+        assert_eq!(quant_tiles_per_cta(10, 0), 2);
     }
 
     #[test]
