@@ -338,16 +338,8 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             sm.update_scaled(s, sqk, alpha);
         } else {
             // ---- causal_mask (and keys >= Nk) ----
-            if (tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal)) {
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = j * KV_TILE + 8 * nt + 2 * t + (e & 1);
-                        if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) s[nt][e] = neg_inf();
-                    }
-                }
-            }
+            if (tile_needs_mask(j * KV_TILE, KV_TILE, q0, Nq, Nk, is_causal))
+                mask_tile(s, j * KV_TILE, t, row0, row1, Nq, Nk, is_causal);
             sm.update(s, alpha);
         }
 

@@ -411,16 +411,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                     }
                 }
                 // ---- causal_mask (and keys >= Nk) ----
-                if (masked) {
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int key = j * KVT + 8 * nt + 2 * t + (e & 1);
-                            if (!key_visible(key, e < 2 ? row0 : row1, Nq, Nk, is_causal)) sc[nt][e] = neg_inf();
-                        }
-                    }
-                }
+                if (masked) mask_tile(sc, j * KVT, t, row0, row1, Nq, Nk, is_causal);
                 sm.update(sc, alpha);
             }
 

@@ -80,19 +80,6 @@ SAGE_DEVICE void load_row8(const typename DT::T* row, bool valid, int d, int sub
     }
 }
 
-// Every row of the lane's part of the tile (tokens t0 + rl.row(warp, s)), all loads issued before
-// anything else: a global store (the non-finite flag) between them would keep the compiler from
-// hoisting later loads above it (possible aliasing), one round trip per row.
-template <class DT, int DP>
-SAGE_DEVICE void load_tile_rows(const typename DT::T* base, i64 sn, int N, int D, int t0, int warp, RowLayout<DP> rl,
-                                bool vec, float (&x)[RowLayout<DP>::STEPS][8]) {
-#pragma unroll
-    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
-        const int n = t0 + rl.row(warp, s);
-        load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[s]);
-    }
-}
-
 // ---- tiles per CTA, the next one's copy in flight -----------------------------------------------
 // A quantize_* CTA takes `tpc` consecutive tiles of one head (a launch parameter, 1-8: grid.x =
 // ceil(ceil(N/128) / tpc), ABI.md; the host picks it from the problem's size and the SM count, so
@@ -157,18 +144,25 @@ SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D,
     }
 }
 
-// The lane's rows of tile t0 from the staged copy (`tile` != nullptr) or from global memory.
-template <class DT, int DP>
+// Rows s0 .. s0 + NB - 1 of the lane's part of tile t0 (tokens t0 + rl.row(warp, s)), from the staged
+// copy (`tile` != nullptr) or from global memory. All loads are issued before anything else: a
+// global store (the non-finite flag) between them would keep the compiler from hoisting later loads
+// above it (possible aliasing), one round trip per row.
+template <class DT, int DP, int NB>
 SAGE_DEVICE void load_rows(const typename DT::T* base, i64 sn, int N, int D, int t0, int warp, RowLayout<DP> rl,
-                           bool vec, const typename DT::T* tile, float (&x)[RowLayout<DP>::STEPS][8]) {
+                           bool vec, const typename DT::T* tile, float (&x)[NB][8], int s0 = 0) {
     if (tile == nullptr) {
-        load_tile_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, x);
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+            const int n = t0 + rl.row(warp, s0 + i);
+            load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[i]);
+        }
         return;
     }
 #pragma unroll
-    for (int s = 0; s < RowLayout<DP>::STEPS; ++s) {
-        const int lr = rl.row(warp, s);
-        load_row8<DT>(tile + lr * DP, t0 + lr < N, D, rl.sub, true, x[s]);
+    for (int i = 0; i < NB; ++i) {
+        const int lr = rl.row(warp, s0 + i);
+        load_row8<DT>(tile + lr * DP, t0 + lr < N, D, rl.sub, true, x[i]);
     }
 }
 
@@ -693,31 +687,25 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         // tile's copy starts.
 #pragma unroll
         for (int s = 0; s < RL::STEPS; s += 2) {
-            float xa[8], xb[8];
-            load_row8<DT>(s_tile + rl.row(warp, s) * DP, t0 + rl.row(warp, s) < N, D, rl.sub, true, xa);
-            load_row8<DT>(s_tile + rl.row(warp, s + 1) * DP, t0 + rl.row(warp, s + 1) < N, D, rl.sub, true, xb);
-            scale_row(xa, s);
-            scale_row(xb, s + 1);
-            store_pair(xa, xb, s);
+            float x[2][8];
+            load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x, s);
+            scale_row(x[0], s);
+            scale_row(x[1], s + 1);
+            store_pair(x[0], x[1], s);
         }
         x_ready();
     } else {
-        // From global memory (f32, or rows that 16-byte loads cannot read): VB rows' loads in
+        // From global memory (f32, or rows that 16-byte loads cannot read): V_BATCH rows' loads in
         // flight at a time (all of them made ptxas spill at the 128-register bound).
-        constexpr int VB = V_BATCH;
         x_ready();
 #pragma unroll
-        for (int s0 = 0; s0 < RL::STEPS; s0 += VB) {
-            float x[VB][8];
+        for (int s0 = 0; s0 < RL::STEPS; s0 += V_BATCH) {
+            float x[V_BATCH][8];
+            load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, nullptr, x, s0);
 #pragma unroll
-            for (int bi = 0; bi < VB; ++bi) {
-                const int n = t0 + rl.row(warp, s0 + bi);
-                load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[bi]);
-            }
+            for (int bi = 0; bi < V_BATCH; ++bi) scale_row(x[bi], s0 + bi);
 #pragma unroll
-            for (int bi = 0; bi < VB; ++bi) scale_row(x[bi], s0 + bi);
-#pragma unroll
-            for (int bi = 0; bi < VB; bi += 2) store_pair(x[bi], x[bi + 1], s0 + bi);
+            for (int bi = 0; bi < V_BATCH; bi += 2) store_pair(x[bi], x[bi + 1], s0 + bi);
         }
     }
     __syncthreads();
@@ -758,11 +746,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     // made ptxas spill at the 128-register bound.
     for (int s0 = 0; s0 < RL::STEPS; s0 += V_BATCH) {
         float x[V_BATCH][8];
-#pragma unroll
-        for (int bi = 0; bi < V_BATCH; ++bi) {
-            const int n = t0 + rl.row(warp, s0 + bi);
-            load_row8<DT>(base + (i64)n * sn, n < N, D, rl.sub, vec, x[bi]);
-        }
+        load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, nullptr, x, s0);
 #pragma unroll
         for (int bi = 0; bi < V_BATCH; ++bi) {
             const int s = s0 + bi;

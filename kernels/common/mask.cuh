@@ -27,4 +27,18 @@ SAGE_DEVICE bool tile_needs_mask(int k0, int kv_tile, int q0, int nq, int nk, bo
     return causal && (k0 + kv_tile - 1 > q0 + (nk - nq));
 }
 
+// causal_mask (and keys >= Nk) on one KV tile of mma/wgmma accumulators: lane 4g+t holds rows row0
+// and row1 (= row0 + 8) and, per n-tile nt, keys key0 + 8nt + 2t and + 1 (softmax.cuh's layout).
+template <int NT>
+SAGE_DEVICE void mask_tile(float (&s)[NT][4], int key0, int t, int row0, int row1, int nq, int nk, bool causal) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = key0 + 8 * nt + 2 * t + (e & 1);
+            if (!key_visible(key, e < 2 ? row0 : row1, nq, nk, causal)) s[nt][e] = neg_inf();
+        }
+    }
+}
+
 #endif  // SAGE_MASK_CUH

@@ -68,6 +68,14 @@ struct OnlineSoftmax {
     // the same delta, |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is
     // below FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per
     // row and group, against 2^-4 for its E4M3 rounding), else the exact form runs.
+    // The largest of row r's values in n-tiles [nt0, nt1).
+    SAGE_DEVICE static float row_max(const float (&s)[NT][4], int r, int nt0, int nt1) {
+        float m = neg_inf();
+#pragma unroll
+        for (int nt = nt0; nt < nt1; ++nt) m = fmaxf(m, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        return m;
+    }
+
     template <int NS>
     SAGE_DEVICE void update_biased(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
         constexpr int PER = NT / NS;
@@ -78,13 +86,8 @@ struct OnlineSoftmax {
         for (int r = 0; r < 2; ++r) {
             float bm = neg_inf();
 #pragma unroll
-            for (int gi = 0; gi < NS; ++gi) {
-                float gm = neg_inf();
-#pragma unroll
-                for (int nt = gi * PER; nt < (gi + 1) * PER; ++nt)
-                    gm = fmaxf(gm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-                bm = fmaxf(bm, __fmul_rn(unbias_dot(gm), scale[gi]));
-            }
+            for (int gi = 0; gi < NS; ++gi)
+                bm = fmaxf(bm, __fmul_rn(unbias_dot(row_max(s, r, gi * PER, (gi + 1) * PER)), scale[gi]));
             base[r] = advance(r, bm, alpha);
 #pragma unroll
             for (int gi = 0; gi < NS; ++gi) {
@@ -112,10 +115,6 @@ struct OnlineSoftmax {
             l[r] = l[r] * alpha[r] + sum;
         }
     }
-    SAGE_DEVICE void update_biased(float (&s)[NT][4], float scale, float (&alpha)[2]) {
-        const float one[1] = {scale};
-        update_biased(s, one, alpha);
-    }
 
     template <bool SCALED, int NS>
     SAGE_DEVICE void update_rows(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
@@ -125,10 +124,7 @@ struct OnlineSoftmax {
             float bm = neg_inf();
 #pragma unroll
             for (int gi = 0; gi < NS; ++gi) {
-                float gm = neg_inf();
-#pragma unroll
-                for (int nt = gi * PER; nt < (gi + 1) * PER; ++nt)
-                    gm = fmaxf(gm, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                const float gm = row_max(s, r, gi * PER, (gi + 1) * PER);
                 bm = fmaxf(bm, SCALED ? __fmul_rn(gm, scale[gi]) : gm);
             }
             const float base = advance(r, bm, alpha);
