@@ -329,6 +329,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
         // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
         // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
+        // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
+        // wgmma: C7514, an accumulator read inside a pipeline stage.)
         u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
         float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
         float alpha_prev[2] = {1.0f, 1.0f};
@@ -394,12 +396,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             float sc[NT][4];
             float alpha[2];
             if (fused) {
-                // biased dot products (softmax.cuh): one integer add each, no unbiasing
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) sc[nt][e] = biased_dot(acc[nt][e]);
-                sm.update_biased(sc, sqk, alpha);
+                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
+                sm.update_biased(acc, sc, sqk, alpha);
             } else {
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {

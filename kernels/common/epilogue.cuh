@@ -13,35 +13,74 @@
 #include "common/prelude.cuh"
 #endif
 
+// Two adjacent output elements in one store (`p` aligned to their combined size).
+SAGE_DEVICE void store_pair(u16* p, u16 a, u16 b) { *(u32*)p = (u32)a | ((u32)b << 16); }
+SAGE_DEVICE void store_pair(float* p, float a, float b) { *(float2*)p = make_float2(a, b); }
+
 template <class OUT, int CT, bool PV_FP8, bool RECIPROCAL, class SOFTMAX>
 SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const float* svp, const float* vmp,
                             typename OUT::T* obase, i64 o_sn, int row0, int row1, int t, int Nq, int D,
                             float* lse, const float* qkm, i64 qhead, float sm_scale) {
+    typedef typename OUT::T T;
+    // A lane's channels come in pairs (2t, 2t + 1): one store of both where the row allows it.
+    const bool paired = ((unsigned long long)obase % (2 * sizeof(T))) == 0 && (o_sn % 2) == 0;
+    float inv_l[2];
+    T* orow[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float l = sm.l[r];
+        inv_l[r] = RECIPROCAL && l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
+        orow[r] = obase + (i64)(r == 0 ? row0 : row1) * o_sn;
+    }
+    // sv and vm by chunks of CH slices, each chunk's loads issued together before its stores: as far
+    // as the compiler knows a store may alias them, so a load left next to its use waits alone.
+    constexpr int CH = CT % 4 == 0 ? 4 : CT;
+#pragma unroll
+    for (int c0 = 0; c0 < CT; c0 += CH) {
+        float sv[CH][2], vmv[CH][2];
+#pragma unroll
+        for (int u = 0; u < CH; ++u)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int c = 8 * (c0 + u) + 2 * t + e;
+                sv[u][e] = PV_FP8 && c < D ? svp[c] : 1.0f;
+                vmv[u][e] = vmp != nullptr && c < D ? vmp[c] : 0.0f;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            if ((r == 0 ? row0 : row1) >= Nq) continue;
+            const float l = sm.l[r];
+#pragma unroll
+            for (int u = 0; u < CH; ++u) {
+                const int ct = c0 + u;
+                T v[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    // A row that saw no key outputs 0, nothing added back (Step 5).
+                    float x = 0.0f;
+                    if (l != 0.0f) {
+                        const float acc = o[4 * ct + 2 * r + e];
+                        x = RECIPROCAL ? __fmul_rn(acc, inv_l[r]) : __fdiv_rn(acc, l);
+                        if (PV_FP8) x = __fmul_rn(x, sv[u][e]);
+                        if (vmp != nullptr) x = __fadd_rn(x, vmv[u][e]);
+                    }
+                    v[e] = OUT::store(x);
+                }
+                const int c = 8 * ct + 2 * t;
+                if (paired && c + 1 < D) {
+                    store_pair(orow[r] + c, v[0], v[1]);
+                } else {
+                    if (c < D) orow[r][c] = v[0];
+                    if (c + 1 < D) orow[r][c + 1] = v[1];
+                }
+            }
+        }
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = r == 0 ? row0 : row1;
         if (row >= Nq) continue;
         const float l = sm.l[r];
-        const float inv_l = RECIPROCAL && l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
-        typename OUT::T* orow = obase + (i64)row * o_sn;
-#pragma unroll
-        for (int ct = 0; ct < CT; ++ct) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int c = 8 * ct + 2 * t + e;
-                if (c < D) {
-                    // A row that saw no key outputs 0, nothing added back (Step 5).
-                    float v = 0.0f;
-                    if (l != 0.0f) {
-                        const float acc = o[4 * ct + 2 * r + e];
-                        v = RECIPROCAL ? __fmul_rn(acc, inv_l) : __fdiv_rn(acc, l);
-                        if (PV_FP8) v = __fmul_rn(v, svp[c]);
-                        if (vmp != nullptr) v = __fadd_rn(v, vmp[c]);
-                    }
-                    orow[c] = OUT::store(v);
-                }
-            }
-        }
         if (lse != nullptr && t == 0) {
             float x = sm.lse(r);
             // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)

@@ -61,13 +61,6 @@ struct OnlineSoftmax {
         update_rows<true>(s, one, alpha);
     }
 
-    // `update_scaled` for biased dot products f = DOT_BIAS + dot (an unmasked tile without dS): the
-    // block max is fl((max f - DOT_BIAS) * scale), exactly update_scaled's, and each p takes one FMA,
-    // exp2(f * scale + c) with c = fl(-DOT_BIAS * scale - base) per row and scale group, instead of an
-    // unbiasing FADD and an FMA. c is rounded once, so all logits of a (row, group) move together by
-    // the same delta, |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is
-    // below FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per
-    // row and group, against 2^-4 for its E4M3 rounding), else the exact form runs.
     // The largest of row r's values in n-tiles [nt0, nt1).
     SAGE_DEVICE static float row_max(const float (&s)[NT][4], int r, int nt0, int nt1) {
         float m = neg_inf();
@@ -76,18 +69,62 @@ struct OnlineSoftmax {
         return m;
     }
 
+    // The largest of row r's dot products in n-tiles [nt0, nt1), on the integers: sm_90 has a
+    // three-input integer max (VIMNMX3), half the instructions of the float max on biased values.
+    // Reduced as a tree of depth ~log3(n): a chain would make the softmax wait on its latency.
+    SAGE_DEVICE static int row_max_dot(const int (&d)[NT][4], int r, int nt0, int nt1) {
+        constexpr int MAXV = 2 * NT;
+        int v[MAXV];
+        int n = 0;
+#pragma unroll
+        for (int nt = nt0; nt < nt1; ++nt) {
+            v[n++] = d[nt][2 * r];
+            v[n++] = d[nt][2 * r + 1];
+        }
+#pragma unroll
+        for (int level = 0; level < 8; ++level) {
+            if (n <= 1) break;
+            int m = 0;
+#pragma unroll
+            for (int i = 0; i < MAXV; i += 3) {
+                if (i + 2 < n)
+                    v[m++] = __vimax3_s32(v[i], v[i + 1], v[i + 2]);
+                else if (i + 1 < n)
+                    v[m++] = max(v[i], v[i + 1]);
+                else if (i < n)
+                    v[m++] = v[i];
+            }
+            n = m;
+        }
+        return v[0];
+    }
+
+    // `update_scaled` for the int32 dot products of an unmasked tile without dS: the block max is
+    // fl(max dot * scale), exactly update_scaled's, and each p takes one FMA on the biased dot
+    // f = DOT_BIAS + dot, exp2(f * scale + c) with c = fl(-DOT_BIAS * scale - base) per row and scale group, instead of an
+    // unbiasing FADD and an FMA. c is rounded once, so all logits of a (row, group) move together by
+    // the same delta, |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is
+    // below FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per
+    // row and group, against 2^-4 for its E4M3 rounding), else the exact form runs.
+    // `dot` holds the tile's int32 dot products; `s` receives p (the biased values first).
     template <int NS>
-    SAGE_DEVICE void update_biased(float (&s)[NT][4], const float (&scale)[NS], float (&alpha)[2]) {
+    SAGE_DEVICE void update_biased(const int (&dot)[NT][4], float (&s)[NT][4], const float (&scale)[NS],
+                                   float (&alpha)[2]) {
         constexpr int PER = NT / NS;
         constexpr float FOLD_LIMIT = 4096.0f;
         float base[2], c[2][NS];
         bool fold = true;
 #pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = biased_dot(dot[nt][e]);
+#pragma unroll
         for (int r = 0; r < 2; ++r) {
             float bm = neg_inf();
 #pragma unroll
             for (int gi = 0; gi < NS; ++gi)
-                bm = fmaxf(bm, __fmul_rn(unbias_dot(row_max(s, r, gi * PER, (gi + 1) * PER)), scale[gi]));
+                bm = fmaxf(bm, __fmul_rn(int_to_float_exact(row_max_dot(dot, r, gi * PER, (gi + 1) * PER)),
+                                         scale[gi]));
             base[r] = advance(r, bm, alpha);
 #pragma unroll
             for (int gi = 0; gi < NS; ++gi) {
@@ -107,12 +144,14 @@ struct OnlineSoftmax {
                 for (int e = 0; e < 4; ++e)
                     s[nt][e] = ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[nt / PER], -base[e / 2]));
         }
+        // the row sums in four partial sums each (regrouped additions, as across the quad): one chain
+        // of NT dependent adds would hold the warp after its last ex2
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float sum = 0.0f;
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) sum += s[nt][2 * r] + s[nt][2 * r + 1];
-            l[r] = l[r] * alpha[r] + sum;
+            for (int nt = 0; nt < NT; ++nt) part[nt % 4] += s[nt][2 * r] + s[nt][2 * r + 1];
+            l[r] = l[r] * alpha[r] + ((part[0] + part[1]) + (part[2] + part[3]));
         }
     }
 

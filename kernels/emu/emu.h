@@ -143,6 +143,11 @@ inline unsigned __float_as_uint(float x) { return (unsigned)emu_bits(x); }
 using std::isfinite;
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline int __vimax3_s32(int a, int b, int c) { return max(max(a, b), c); }
+struct float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 
 // ---- shared memory addresses: offsets from a base below every static ------------------------------

@@ -477,6 +477,10 @@ int main(int argc, char** argv) {
         {"int8-fp8 all options", 1, 3, 1, 65, 70, 32, F32, HND, INT8_FP8, PER_THREAD, 1, true, true, false},
         {"int4-fp8 hd64 no smooth", 1, 1, 1, 33, 257, 64, F16, NHD, INT4_FP8, PER_WARP, 0, false, false, true},
         {"int8-fp16 causal nq>nk", 1, 1, 1, 10, 4, 64, F16, HND, INT8_FP16, PER_WARP, -1, false, false, true},
+        // odd head dims: rows of odd length (HND) and heads at odd offsets (NHD) take single-element
+        // stores, the others paired ones (epilogue.cuh)
+        {"int8-fp8 d77 f16", 1, 3, 1, 70, 130, 77, F16, HND, INT8_FP8, PER_WARP, -1, false, true, false},
+        {"int8-fp16 d45 f32 nhd", 1, 2, 1, 70, 130, 45, F32, NHD, INT8_FP16, PER_WARP, -1, false, false, true},
         {"exact f16 causal", 1, 2, 1, 130, 64, 64, F16, HND, EXACT, PER_WARP, -1, false, false, true},
         {"exact bf16 d80", 1, 1, 1, 70, 150, 80, BF16, NHD, EXACT, PER_WARP, -1, false, false, false},
         {"exact f32 d128 causal", 2, 2, 1, 40, 100, 128, F32, HND, EXACT, PER_WARP, -1, false, false, true},
