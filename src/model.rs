@@ -200,6 +200,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         candidates,
         threshold: args.threshold,
         per_head: args.per_head,
+        target: Some(target),
     };
     let (model_name, named_samples) = match (&args.model, &args.input) {
         (Some(name), _) => {
@@ -226,6 +227,19 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         calibration.base.granularity,
         args.threshold
     );
+    // the kv_block each mode is scored at (ALGORITHM.md Step 6: it changes the result)
+    let mut kv: Vec<String> = Vec::new();
+    for c in &calibration.candidates {
+        let k = calibration
+            .candidate_params(*c, &caps)
+            .kv_block
+            .unwrap_or(caps.default_kv_block_for(c.mode));
+        let entry = format!("{} {k}", c.mode);
+        if !kv.contains(&entry) {
+            kv.push(entry);
+        }
+    }
+    println!("kv_block: {}", kv.join(", "));
     let header: Vec<String> = calibration
         .candidates
         .iter()

@@ -325,6 +325,17 @@ fn calibrate_input_writes_a_plan_of_the_captures() {
             }
         }
         assert!(text(&out.stdout).contains("minilm_p00_l5"));
+        // each mode scored at the target's kv_block (the Hopper kernel's 128 for int8-fp8)
+        let kv = if target == "cuda-sm90" {
+            "int8-fp8 128"
+        } else {
+            "int8-fp8 64"
+        };
+        assert!(
+            text(&out.stdout).contains(kv),
+            "{target}: {}",
+            text(&out.stdout)
+        );
     }
     // a threshold out of range, and a plan that does not load, are one-line errors
     let out = sage(

@@ -155,6 +155,7 @@ fn a_calibrated_plan_round_trips_and_runs() {
             .candidates(),
         threshold: 0.95,
         per_head: true,
+        target: "cuda-sm89".parse().ok(),
     };
     let cpu = sage::CpuBackend::new();
     let layers = samples

@@ -117,6 +117,16 @@ impl Target {
         }
     }
 
+    /// The `kv_block` the target's backend runs `mode` with when none is set (ALGORITHM.md Step 6:
+    /// the result depends on it): 128 for `int8-fp8` on CUDA sm_90 and newer (the Hopper kernel's
+    /// default, kernels/ABI.md), 64 everywhere else.
+    pub fn kv_block(self, mode: Mode) -> usize {
+        match self {
+            Target::Cuda { major, .. } if major >= 9 && mode == Mode::Int8Fp8 => 128,
+            _ => 64,
+        }
+    }
+
     /// The candidates in the order the planner tries them: each mode of [`Target::speed_order`]
     /// without, then with `rotate` (the Hadamard transform costs D log D adds per row).
     pub fn candidates(self) -> Vec<Candidate> {
@@ -417,13 +427,16 @@ pub struct Sample {
 }
 
 /// How to calibrate: the base parameters (granularity, kv_block, causal), the candidates in the
-/// order they are tried, the threshold, and whether to choose per head too.
+/// order they are tried, the threshold, whether to choose per head too, and the device the plan is
+/// for: when `base` sets no kv_block, each mode is scored at the kv_block `target` runs it with (if
+/// the calibrating backend accepts that value; else at that backend's default).
 #[derive(Clone, Debug)]
 pub struct Calibration {
     pub base: AttentionParams,
     pub candidates: Vec<Candidate>,
     pub threshold: f64,
     pub per_head: bool,
+    pub target: Option<Target>,
 }
 
 /// The first of `scored` (in trial order) that meets `threshold`; when none does, `exact` (or the
@@ -438,6 +451,18 @@ pub fn choose(scored: &[Choice], threshold: f64) -> Option<Choice> {
 }
 
 impl Calibration {
+    /// The parameters `cand` is scored with on a backend of capabilities `caps`.
+    pub fn candidate_params(&self, cand: Candidate, caps: &Capabilities) -> AttentionParams {
+        let mut params = cand.params(&self.base);
+        if params.kv_block.is_none() {
+            params.kv_block = self
+                .target
+                .map(|t| t.kv_block(cand.mode))
+                .filter(|kv| caps.kv_blocks_for(cand.mode).contains(kv));
+        }
+        params
+    }
+
     /// Scores every candidate on every sample of one layer against the exact f64 attention and
     /// chooses. A layer's (or head's) score for a candidate is its worst over the samples: a plan
     /// should hold for every input it was calibrated on, not only on average.
@@ -466,6 +491,7 @@ impl Calibration {
             };
             references.push(reference_attention(&s.q, &s.k, &s.v, &params)?.out);
         }
+        let caps = backend.capabilities();
         let mut layer_scores = Vec::with_capacity(self.candidates.len());
         // [candidate][head]
         let mut head_scores = Vec::with_capacity(self.candidates.len());
@@ -475,7 +501,7 @@ impl Calibration {
             for (s, reference) in samples.iter().zip(&references) {
                 let params = AttentionParams {
                     sm_scale: s.sm_scale.or(self.base.sm_scale),
-                    ..cand.params(&self.base)
+                    ..self.candidate_params(cand, &caps)
                 };
                 let out = backend
                     .attention(&s.q, &s.k, &s.v, &params)?
@@ -692,6 +718,53 @@ mod tests {
     }
 
     #[test]
+    fn candidates_are_scored_at_the_targets_kv_block() {
+        let hopper: Target = "cuda-sm90".parse().unwrap();
+        let mut cal = Calibration {
+            base: AttentionParams::default(),
+            candidates: hopper.candidates(),
+            threshold: 0.9,
+            per_head: false,
+            target: Some(hopper),
+        };
+        let cpu = CpuBackend::new().capabilities();
+        let kv = |cal: &Calibration, mode, caps: &Capabilities| {
+            cal.candidate_params(
+                Candidate {
+                    mode,
+                    rotate: false,
+                },
+                caps,
+            )
+            .kv_block
+        };
+        // the Hopper kernel's 128 for int8-fp8, 64 for the mma.sync modes
+        assert_eq!(kv(&cal, Mode::Int8Fp8, &cpu), Some(128));
+        assert_eq!(kv(&cal, Mode::Int8Fp16, &cpu), Some(64));
+        assert_eq!(
+            kv(&cal, Mode::Int8Fp8, &cpu),
+            Some(hopper.kv_block(Mode::Int8Fp8))
+        );
+        assert_eq!(
+            "cuda-sm89"
+                .parse::<Target>()
+                .unwrap()
+                .kv_block(Mode::Int8Fp8),
+            64
+        );
+        // a backend that cannot run 128: its own default
+        let mut only64 = cpu.clone();
+        only64.kv_blocks = vec![64];
+        assert_eq!(kv(&cal, Mode::Int8Fp8, &only64), None);
+        // a kv_block the user set wins; no target: the backend's default
+        cal.base.kv_block = Some(64);
+        assert_eq!(kv(&cal, Mode::Int8Fp8, &cpu), Some(64));
+        cal.base.kv_block = None;
+        cal.target = None;
+        assert_eq!(kv(&cal, Mode::Int8Fp8, &cpu), None);
+    }
+
+    #[test]
     fn the_planner_takes_the_fastest_candidate_that_meets_the_threshold() {
         let c = |mode, score| Choice {
             mode,
@@ -724,6 +797,7 @@ mod tests {
             candidates: Target::Cpu.candidates(),
             threshold: 0.9,
             per_head: true,
+            target: Some(Target::Cpu),
         };
         let sample = Sample {
             q,
