@@ -8,6 +8,11 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
   fi
+  # g++ 12+ for the kernels' host emulator (kernels/emu)
+  if ! command -v g++ >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+  fi
 fi
 if ! python3 -c "import nvidia.cu13" >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check nvidia-cuda-nvrtc==13.0.88 'nvidia-cuda-runtime==13.0.*'

@@ -430,6 +430,27 @@ static void unit_tests() {
     for (float x : specials) { n++; if (::e4m3_encode(x) != ref::e4m3_encode(x)) { bad++; printf("    e4m3 special %g: %02x vs %02x\n", x, ::e4m3_encode(x), ref::e4m3_encode(x)); } }
     printf("unit: e4m3 %zu values, %zu mismatches\n", n, bad);
     CHECK(bad == 0, "e4m3 encoders");
+    // the Hopper softmax's integer row max (a tree of three-input maxes) against a plain max, for both
+    // tile widths and every group split the kernel uses
+    size_t max_bad = 0;
+    for (int trial = 0; trial < 20000; ++trial) {
+        int d16[16][4], d8[8][4];
+        for (auto& r : d16) for (int& v : r) v = (int)(next_u64() % 4000001) - 2000000;
+        for (auto& r : d8) for (int& v : r) v = (int)(next_u64() % 4000001) - 2000000;
+        if (trial % 7 == 0) d16[trial % 16][trial % 4] = 2080768;  // 128 * 127^2 - 16000: near the largest dot
+        for (int r = 0; r < 2; ++r) {
+            for (int g = 0; g < 2; ++g) {
+                int want = INT_MIN;
+                for (int nt = 8 * g; nt < 8 * g + 8; ++nt) want = std::max({want, d16[nt][2 * r], d16[nt][2 * r + 1]});
+                max_bad += OnlineSoftmax<16>::row_max_dot(d16, r, 8 * g, 8 * g + 8) != want;
+            }
+            int want = INT_MIN;
+            for (int nt = 0; nt < 8; ++nt) want = std::max({want, d8[nt][2 * r], d8[nt][2 * r + 1]});
+            max_bad += OnlineSoftmax<8>::row_max_dot(d8, r, 0, 8) != want;
+        }
+    }
+    printf("unit: row_max_dot %zu mismatches\n", max_bad);
+    CHECK(max_bad == 0, "row_max_dot");
     // int4 pack/unpack
     for (int a = -7; a <= 7; ++a) for (int b = -7; b <= 7; ++b) {
         u8 byte = pack_int4_pair(a, b);
