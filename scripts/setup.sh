@@ -8,7 +8,7 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
   fi
-  # g++ 12+ for the kernels' host emulator (kernels/emu)
+  # g++ (C++20: Debian 12's g++ 12) for the kernels' host emulator (kernels/emu)
   if ! command -v g++ >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null

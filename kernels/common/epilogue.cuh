@@ -30,7 +30,8 @@ SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const f
     for (int r = 0; r < 2; ++r) {
         const float l = sm.l[r];
         inv_l[r] = RECIPROCAL && l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
-        orow[r] = obase + (i64)(r == 0 ? row0 : row1) * o_sn;
+        const int row = r == 0 ? row0 : row1;
+        orow[r] = obase + (i64)(row < Nq ? row : 0) * o_sn;  // only rows < Nq are written
     }
     // sv and vm by chunks of CH slices, each chunk's loads issued together before its stores: as far
     // as the compiler knows a store may alias them, so a load left next to its use waits alone.

@@ -118,11 +118,12 @@ impl Target {
     }
 
     /// The `kv_block` the target's backend runs `mode` with when none is set (ALGORITHM.md Step 6:
-    /// the result depends on it): 128 for `int8-fp8` on CUDA sm_90 and newer (the Hopper kernel's
-    /// default, kernels/ABI.md), 64 everywhere else.
+    /// the result depends on it): 128 for `int8-fp8` on CUDA sm_90 (the Hopper kernel's default,
+    /// kernels/ABI.md; its wgmma code is sm_90a only, so newer devices run the mma.sync kernel), 64
+    /// everywhere else.
     pub fn kv_block(self, mode: Mode) -> usize {
         match self {
-            Target::Cuda { major, .. } if major >= 9 && mode == Mode::Int8Fp8 => 128,
+            Target::Cuda { major: 9, minor: 0 } if mode == Mode::Int8Fp8 => 128,
             _ => 64,
         }
     }
@@ -745,13 +746,9 @@ mod tests {
             kv(&cal, Mode::Int8Fp8, &cpu),
             Some(hopper.kv_block(Mode::Int8Fp8))
         );
-        assert_eq!(
-            "cuda-sm89"
-                .parse::<Target>()
-                .unwrap()
-                .kv_block(Mode::Int8Fp8),
-            64
-        );
+        for other in ["cuda-sm89", "cuda-sm100", "cpu"] {
+            assert_eq!(other.parse::<Target>().unwrap().kv_block(Mode::Int8Fp8), 64);
+        }
         // a backend that cannot run 128: its own default
         let mut only64 = cpu.clone();
         only64.kv_blocks = vec![64];
