@@ -84,9 +84,8 @@ SAGE_DEVICE void load_row8(const typename DT::T* row, bool valid, int d, int sub
 // A quantize_* CTA takes `tpc` consecutive tiles of one head (a launch parameter, 1-8: grid.x =
 // ceil(ceil(N/128) / tpc), ABI.md; the host picks it from the problem's size and the SM count, so
 // that small problems keep one tile per CTA). With 16-bit inputs whose rows allow 16-byte loads,
-// tile i+1 is copied into
-// shared memory (cp.async) as soon as every lane holds tile i in registers, so the copy runs under
-// tile i's reductions, barriers and stores; a CTA that loaded, computed and stored in turn kept the
+// tile i+1 is copied into shared memory (cp.async) as soon as every lane holds tile i in registers,
+// so the copy runs under tile i's reductions, barriers and stores; a CTA that loaded, computed and stored in turn kept the
 // memory busy only a third of the time (ncu on an H200: ~30 % of DRAM bandwidth, 2 CTAs per SM).
 
 template <class DT>
@@ -780,7 +779,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                           \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                        \
         channel_stats_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
         channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out,     \
@@ -788,7 +787,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }                                                                                                     \
     /* K's and V's statistics in one launch (blocks [0, Dp/32) take x0, the rest x1): each CTA is a */   \
     /* chain of N dependent additions, so twice the CTAs in flight finish both in about the time of one. */ \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                           \
+    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                        \
         channel_stats2_##SUFFIX(const DT::T* x0, i64 sb0, i64 sh0, i64 sn0, int smooth0, float* mean0,    \
                                 float* vscale0, const DT::T* x1, i64 sb1, i64 sh1, i64 sn1, int smooth1,  \
                                 float* mean1, float* vscale1, int H, int N, int D, int Dp) {              \

@@ -99,14 +99,14 @@ struct OnlineSoftmax {
         return v[0];
     }
 
-    // `update_scaled` for the int32 dot products of an unmasked tile without dS: the block max is
-    // fl(max dot * scale), exactly update_scaled's, and each p takes one FMA on the biased dot
-    // f = DOT_BIAS + dot, exp2(f * scale + c) with c = fl(-DOT_BIAS * scale - base) per row and scale group, instead of an
-    // unbiasing FADD and an FMA. c is rounded once, so all logits of a (row, group) move together by
-    // the same delta, |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is
-    // below FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per
-    // row and group, against 2^-4 for its E4M3 rounding), else the exact form runs.
-    // `dot` holds the tile's int32 dot products; `s` receives p (the biased values first).
+    // `update_scaled` for the int32 dot products `dot` of an unmasked tile without dS; `s` receives
+    // p (the biased values first). The block max is fl(max dot * scale), exactly update_scaled's, and
+    // each p takes one FMA on the biased dot f = DOT_BIAS + dot, exp2(f * scale + c) with
+    // c = fl(-DOT_BIAS * scale - base) per row and scale group, instead of an unbiasing FADD and an
+    // FMA. c is rounded once, so all logits of a (row, group) move together by the same delta,
+    // |delta| <= ulp(c) / 2; this form is taken only when every |c| of the warp is below
+    // FOLD_LIMIT = 2^12 (delta <= 2^-12: p moves by < 1.7e-4 relative, a constant factor per row and
+    // group, against 2^-4 for its E4M3 rounding), else the exact form runs.
     template <int NS>
     SAGE_DEVICE void update_biased(const int (&dot)[NT][4], float (&s)[NT][4], const float (&scale)[NS],
                                    float (&alpha)[2]) {
