@@ -7,7 +7,7 @@
 // lane (f16/bf16) and its INT8 codes are written with one 8-byte store per lane, straight to global
 // memory. Warp w owns tile rows 16w .. 16w+15; lane group `grp` takes STEPS = Dp/16 of them,
 // consecutive (rows 16w + grp*STEPS + s), so the smooth_q mean can be summed in row order.
-// channel_stats_* (the means and V scales they need first) sums each channel in token order.
+// kv_stats_* (the means and V scales they need first) sum the tokens pairwise, in blocks of tiles.
 //
 // Launch order and buffer sizes: kernels/ABI.md. The CPU reference: crates/sage-core/src/cpu.rs
 // (prepare_kv, prepare_q) and numerics/{quant,smooth,hadamard,fp8}.rs.
@@ -127,20 +127,32 @@ struct NextTile {
     }
 };
 
-// Runs body(tile, x_ready) for the CTA's tiles. Staged: body loads its rows from the shared tile
-// (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from global memory.
-// A barrier separates consecutive tiles (their shared arrays are reused).
+// Runs body(tile, x_ready) for tiles first .. last-1 of a head. Staged: body loads its rows from the
+// shared tile (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from
+// global memory. A barrier separates consecutive tiles (their shared arrays are reused). `resident`:
+// tile last-1 is already in the shared tile (the fused K/V kernels' second pass), so it goes first
+// and is not copied again.
+template <class DT, int DP, class BODY>
+SAGE_DEVICE void for_tiles(const typename DT::T* base, i64 sn, int N, int D, int first, int last, bool staged,
+                           bool resident, typename DT::T* tile, BODY body) {
+    const int count = last - first;
+    resident = resident && staged;
+    auto at = [&](int i) { return resident ? (i == 0 ? last - 1 : first + i - 1) : first + i; };
+    if (staged && count > 0 && !resident) stage_tile<DT, DP>(base, sn, N, D, at(0) * QUANT_TOKENS, tile);
+    for (int i = 0; i < count; ++i) {
+        if (staged) cp_async_wait_all();
+        __syncthreads();
+        body(at(i), NextTile<DT, DP>{base, sn, N, D, i + 1 < count ? at(i + 1) : -1, staged, tile});
+    }
+}
+
+// The CTA's `tpc` consecutive tiles (the separate quantize_* kernels).
 template <class DT, int DP, class BODY>
 SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D, int tpc, bool staged,
                                typename DT::T* tile, BODY body) {
-    const int ntiles = ceil_div(N, QUANT_TOKENS);
-    const int first = blockIdx.x * tpc, last = min(first + tpc, ntiles);
-    if (staged && first < last) stage_tile<DT, DP>(base, sn, N, D, first * QUANT_TOKENS, tile);
-    for (int t = first; t < last; ++t) {
-        if (staged) cp_async_wait_all();
-        __syncthreads();
-        body(t, NextTile<DT, DP>{base, sn, N, D, t + 1 < last ? t + 1 : -1, staged, tile});
-    }
+    const int first = blockIdx.x * tpc;
+    for_tiles<DT, DP>(base, sn, N, D, first, min(first + tpc, ceil_div(N, QUANT_TOKENS)), staged, false, tile,
+                      body);
 }
 
 // Rows s0 .. s0 + NB - 1 of the lane's part of tile t0 (tokens t0 + rl.row(warp, s)), from the staged
@@ -288,153 +300,248 @@ SAGE_DEVICE void store_codes(const float (&x)[RowLayout<DP>::STEPS][8], int warp
 // canonical [Nk, Dp] codes): slot p holds key 2*(p/4) + (p%2) + 8*((p%4)/2).
 SAGE_DEVICE int v8_slot(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8); }
 
-// ---- channel_stats: km, vm and the FP8 V scales sv (Steps 1 and 7) ------------------------------
+// ---- the token sums behind km and vm: one fixed pairwise order -----------------------------------
+// sum(x[0..n]) = sum(x[0..h]) + sum(x[h..n]), h the largest power of two below n, in f32, then + 0.0
+// (a zero sum is +0); mean = sum / n. It is the CPU's token_mean (numerics/smooth.rs) and the WGSL
+// token_mean: all backends get bit-identical means, so everything computed from them agrees too.
+// (K' = K - km cancels: a mean off by its rounding error moves the K scales by several ulp on data
+// with large channel means, so the order is part of the contract.) Every power-of-two-aligned block
+// of tokens is one subtree, so the sums of aligned blocks (a lane's rows, a warp's, a tile's, a
+// CTA's) combine into exactly that value, and a GPU is free to split the tokens that way; tokens
+// past n count as +0, which can change only the sign of a zero sum.
 //
-// mean[c] = (x[0][c] + x[1][c] + ... + x[N-1][c]) / N, summed in f32 in token order, exactly the
-// CPU's channel_mean: the means are bit-identical, and so is everything computed from them. (A
-// tree sum would be more accurate but differ from the CPU by its rounding error, which moves the K
-// scales by several ulp on data with large channel means.) A sequential sum is a dependent chain
-// of N additions per channel; it is kept fed by the other warps of the CTA:
-//   CTA = one (b, h) and 32 channels c0..c0+31. Warp 0 lane l owns channel c0 + l and adds up
-//   chunk i (16 KiB of input: 256 tokens of f16/bf16, 128 of f32) from shared memory while warps
-//   1-7 load chunk i+1 into the other buffer; one barrier per chunk.
-// With `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where amax = max_n |V'[n,c]|; for
-// V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction is monotonic, so the
-// largest |fl(v - vm)| is reached at vmax or at vmin.
-#define STATS_THREADS 256
-#define STATS_LOADERS (STATS_THREADS - 32)
-// Bytes of one staged chunk: the tokens of a chunk are stored in the input type, so f16/bf16 chunks
-// hold twice the tokens of f32 ones (more bytes in flight per loader for the same shared memory).
-#define STATS_CHUNK_BYTES 16384
+// The sums of consecutive aligned blocks of equal size, pushed in order, combined as a binary
+// counter: lv[k * stride] holds the sum of the last complete run of 2^k blocks (while bit k of the
+// count is set). Levels are unrolled: a local array stays in registers, or lv is shared memory.
+// Block i (0, 1, 2, ...) is merged with the runs its trailing one bits close.
+template <int LEVELS>
+SAGE_DEVICE void pairwise_push(float* lv, int stride, float x, u32 i) {
+    bool done = false;
+#pragma unroll
+    for (int k = 0; k < LEVELS; ++k) {
+        if (!done) {
+            if ((i >> k) & 1u) {
+                x = lv[k * stride] + x;
+            } else {
+                lv[k * stride] = x;
+                done = true;
+            }
+        }
+    }
+}
+// The sum of `count` pushed blocks: the runs from the smallest up, each added to the larger one before
+// it (the blocks missing to the next power of two would only add zeros). 0 blocks: +0.
+template <int LEVELS>
+SAGE_DEVICE float pairwise_total(const float* lv, int stride, u32 count) {
+    float acc = 0.0f;
+    bool have = false;
+#pragma unroll
+    for (int k = 0; k < LEVELS; ++k) {
+        if ((count >> k) & 1u) {
+            acc = have ? lv[k * stride] + acc : lv[k * stride];
+            have = true;
+        }
+    }
+    return acc;
+}
 
+// A perfect pairwise tree over x[0..P) (P a power of two) into x[0].
+template <int P>
+SAGE_DEVICE void tree_reduce(float* x) {
+#pragma unroll
+    for (int w = 1; w < P; w *= 2) {
+#pragma unroll
+        for (int i = 0; i < P; i += 2 * w) x[i] = x[i] + x[i + w];
+    }
+}
+
+// ---- kv_stats: km, vm and the FP8 V scales sv (Steps 1 and 7), token-parallel -------------------
+// Two launches per tensor. kv_stats_blocks: CTA (i, h, b) takes tiles i*tpc .. i*tpc+tpc-1 of one
+// head (tpc a power of two: an aligned block of the pairwise sum) and writes the block's channel
+// sums, and with `minmax` its channel maxima and minima over real tokens, to part[b, h, i, 0..2, :].
+// kv_stats_finish: one CTA per head combines the blocks in order (pairwise_push) and finishes as
+// the CPU: mean = (sum + 0.0) / N; with `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where
+// amax = max_n |V'[n,c]|; for V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction
+// is monotonic, so the largest |fl(v - vm)| is reached at vmax or at vmin.
+// (Before: one CTA per 32 channels of a head, a chain of N dependent additions in token order, the
+// CPU's order then; its CTAs spent their time waiting, ~50 % of DRAM bandwidth.)
+#define STATS_LEVELS 24      // kv_stats_finish's counter: up to 2^24 blocks
+#define BLOCK_LEVELS 4       // kv_stats_blocks' counter: tpc up to 8
+
+// Dynamic shared memory of kv_stats_blocks: a ring of STATS_RING staged tiles (16-bit inputs with
+// 16-byte rows; f32 and other rows are read from global memory), then the warps' partial results.
+#define STATS_RING 3
 template <class DT>
-struct StatsChunk {
-    typedef typename DT::T T;
-    static constexpr int TOKENS = STATS_CHUNK_BYTES / (32 * (int)sizeof(T));  // 256 (16-bit) or 128 (f32)
-    // Loader warps: all of a chunk's loads are issued before the first store, so a chunk costs
-    // one memory round trip (LOAD_PER loads in flight per thread), not one per element.
-    static constexpr int LOAD_PER = (TOKENS * 32 + STATS_LOADERS - 1) / STATS_LOADERS;
+struct StatsLayout {
+    static constexpr int RING_BYTES = Staging<DT>::ON ? STATS_RING * QUANT_TOKENS * MAX_DP * 2 : 0;
+    static constexpr int BYTES = RING_BYTES + 3 * QUANT_WARPS * MAX_DP * 4;
 };
 
-template <class DT>
-SAGE_DEVICE void stats_load_chunk(typename DT::T (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N,
-                                  int c0, int D) {
-    typedef StatsChunk<DT> C;
-    // Loader li always reads channel c0 + li % 32 (STATS_LOADERS is a multiple of 32) of tokens
-    // n0 + li / 32 + k * (STATS_LOADERS / 32): a warp reads 32 consecutive channels of one token.
-    const int li = threadIdx.x - 32;
-    const int cl = li % 32, r0 = li / 32;
-    const bool c_ok = c0 + cl < D;
-    typename DT::T v[C::LOAD_PER];
+// The lane's rows of tile t0 (from the staged copy, or global memory) as one pairwise tree per
+// channel, two rows at a time: ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)) for STEPS = 8 (rows
+// past N were loaded as 0), and their maxima / minima over real tokens.
+template <class DT, int DP, bool MINMAX>
+SAGE_DEVICE void lane_rows_tree(const typename DT::T* base, i64 sn, int N, int D, int t0, int warp,
+                                RowLayout<DP> rl, bool vec, const typename DT::T* tile, float (&sum)[8],
+                                float (&mx)[8], float (&mn)[8]) {
+    constexpr int PAIRS = RowLayout<DP>::STEPS / 2;
+    float lv[3][8];  // a counter over the row pairs (up to 4: levels 0-2)
 #pragma unroll
-    for (int k = 0; k < C::LOAD_PER; ++k) {
-        const int r = r0 + k * (STATS_LOADERS / 32);
-        const int n = n0 + r;
-        v[k] = (r < C::TOKENS && n < N && c_ok) ? base[(i64)n * sn + c0 + cl] : (typename DT::T)0;
+    for (int pr = 0; pr < PAIRS; ++pr) {
+        float x[2][8];
+        load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, tile, x, 2 * pr);
+        float pair[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            pair[e] = x[0][e] + x[1][e];
+            if (MINMAX) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    if (t0 + rl.row(warp, 2 * pr + i) < N) {
+                        mx[e] = fmaxf(mx[e], x[i][e]);
+                        mn[e] = fminf(mn[e], x[i][e]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) pairwise_push<3>(&lv[0][e], 8, pair[e], pr);
     }
 #pragma unroll
-    for (int k = 0; k < C::LOAD_PER; ++k) {
-        const int r = r0 + k * (STATS_LOADERS / 32);
-        if (r < C::TOKENS) buf[r][cl] = v[k];
-    }
+    for (int e = 0; e < 8; ++e) sum[e] = pairwise_total<3>(&lv[0][e], 8, PAIRS);
 }
 
-// With 16-byte-aligned rows and whole 8-channel chunks (the common case) the loaders copy with
-// cp.async into a ring of STATS_STAGES chunks, two ahead of warp 0: a chunk's copy has two chunks'
-// summation time to land instead of one, and no registers hold it (ncu on an H200: the register
-// path kept ~38 % of DRAM bandwidth busy, warp 0 mostly waiting). Otherwise the loaders stage
-// through registers, one chunk ahead (stats_load_chunk).
-#define STATS_STAGES 3
-
-template <class DT>
-SAGE_DEVICE void stats_copy_chunk(typename DT::T (*buf)[32], const typename DT::T* base, i64 sn, int n0, int N,
-                                  int c0, int D) {
-    typedef StatsChunk<DT> C;
-    constexpr int PER_TOKEN = 32 * (int)sizeof(typename DT::T) / 16;  // 16-byte pieces of a token's 32 channels
-    const int li = threadIdx.x - 32;
-    for (int i = li; i < C::TOKENS * PER_TOKEN; i += STATS_LOADERS) {
-        const int r = i / PER_TOKEN, k = i % PER_TOKEN;
-        const int c = k * (16 / (int)sizeof(typename DT::T));  // first channel of the piece
-        // channels >= D are left as they are: warp 0 reads them, but their sums are never written
-        if (n0 + r < N && c0 + c < D) cp_async_16(smem_addr(&buf[r][c]), base + (i64)(n0 + r) * sn + c0 + c);
-    }
-    cp_async_commit();
-}
-
-template <class DT>
-SAGE_DEVICE void channel_stats(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int Dp,
-                               int smooth, float* mean_out, float* vscale_out, int cblock) {
+// The block's sums (a lane's rows, then the lane groups', the warps', the tiles' through
+// pairwise_push) into part (sums, maxima, minima: 3 x Dp floats). Staged tiles go through a ring of
+// STATS_RING copies in flight (the kernel only reads: the more bytes in flight, the closer to the
+// DRAM rate).
+template <class DT, int DP, bool MINMAX>
+SAGE_DEVICE void kv_stats_blocks(const typename DT::T* x, i64 sb, i64 sh, i64 sn, int H, int N, int D, int tpc,
+                                 float* part, unsigned char* dyn) {
     typedef typename DT::T T;
-    typedef StatsChunk<DT> C;
-    __shared__ __align__(16) T s_buf[STATS_STAGES][C::TOKENS][32];
-    const int c0 = cblock * 32, h = blockIdx.y, b = blockIdx.z;
+    typedef RowLayout<DP> RL;
+    T* ring = (T*)dyn;
+    float(*scratch)[QUANT_WARPS][MAX_DP] = (float(*)[QUANT_WARPS][MAX_DP])(dyn + StatsLayout<DT>::RING_BYTES);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const i64 head = (i64)b * H + h;
-    const T* base = x + (i64)b * sb + (i64)h * sh;
-    const int chunks = ceil_div(N, C::TOKENS);
-    const bool async = rows_vectorizable<DT>(base, sn, D);
-
-    float sum = 0.0f, mx = neg_inf(), mn = pos_inf();
-    // Warp 0's part: chunk i, in token order.
-    auto add_chunk = [&](int i) {
-        const int rows = min(C::TOKENS, N - i * C::TOKENS);
-        const T(*buf)[32] = s_buf[i % STATS_STAGES];
-#pragma unroll 8
-        for (int r = 0; r < rows; ++r) {
-            const float v = DT::load(buf[r][lane]);
-            sum = sum + v;  // the CPU's order: ((0 + x0) + x1) + ...
-            mx = fmaxf(mx, v);
-            mn = fminf(mn, v);
+    const RL rl(lane);
+    const T* base = x + (i64)blockIdx.z * sb + (i64)blockIdx.y * sh;
+    const bool vec = rows_vectorizable<DT>(base, sn, D);
+    const bool staged = Staging<DT>::ON && vec;
+    const int first = blockIdx.x * tpc, last = min(first + tpc, ceil_div(N, QUANT_TOKENS));
+    auto slot = [&](int t) { return ring + ((t - first) % STATS_RING) * (QUANT_TOKENS * MAX_DP); };
+    if (staged) {
+        for (int t = first; t < first + STATS_RING - 1; ++t) {
+            if (t < last) stage_tile<DT, DP>(base, sn, N, D, t * QUANT_TOKENS, slot(t));
+            else cp_async_commit();  // uniform group counts
         }
-    };
-    if (async) {
-        if (warp != 0) {
-            for (int i = 0; i < STATS_STAGES - 1; ++i) {
-                if (i < chunks) stats_copy_chunk<DT>(s_buf[i], base, sn, i * C::TOKENS, N, c0, D);
-                else cp_async_commit();  // uniform group counts
-            }
-        }
-        for (int i = 0; i < chunks; ++i) {
-            if (warp != 0) cp_async_wait_group<STATS_STAGES - 2>();  // this thread's copies of chunk i landed
-            __syncthreads();  // chunk i visible; warp 0 is done with chunk i-1, whose slot is refilled now
-            if (warp != 0) {
-                const int nx = i + STATS_STAGES - 1;
-                if (nx < chunks) stats_copy_chunk<DT>(s_buf[nx % STATS_STAGES], base, sn, nx * C::TOKENS, N, c0, D);
-                else cp_async_commit();
-            } else {
-                add_chunk(i);
-            }
-        }
-    } else {
-        if (warp != 0) stats_load_chunk<DT>(s_buf[0], base, sn, 0, N, c0, D);
-        __syncthreads();
-        for (int i = 0; i < chunks; ++i) {
-            if (warp != 0) {
-                if (i + 1 < chunks)
-                    stats_load_chunk<DT>(s_buf[(i + 1) % STATS_STAGES], base, sn, (i + 1) * C::TOKENS, N, c0, D);
-            } else {
-                add_chunk(i);
-            }
+    }
+    float lv[BLOCK_LEVELS];  // thread c < DP: channel c's counter over the tiles
+    float cmx = neg_inf(), cmn = pos_inf();
+    for (int t = first; t < last; ++t) {
+        if (staged) {
+            // tile t + RING - 1 into the slot tile t - 1 used (free after the barrier that ended it)
+            if (t + STATS_RING - 1 < last) stage_tile<DT, DP>(base, sn, N, D, (t + STATS_RING - 1) * QUANT_TOKENS, slot(t + STATS_RING - 1));
+            else cp_async_commit();
+            cp_async_wait_group<STATS_RING - 1>();  // this thread's copies of tile t landed
             __syncthreads();
         }
-    }
-    if (warp == 0) {
-        const int c = c0 + lane;
-        if (c < Dp) {
-            float mean = 0.0f, amax = 0.0f;
-            if (c < D) {
-                mean = __fdiv_rn(sum, (float)N);
-                amax = smooth ? fmaxf(mx - mean, mean - mn) : fmaxf(mx, -mn);
+        const int t0 = t * QUANT_TOKENS;
+        float acc[8], lmx[8], lmn[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            lmx[e] = neg_inf();
+            lmn[e] = pos_inf();
+        }
+        lane_rows_tree<DT, DP, MINMAX>(base, sn, N, D, t0, warp, rl, vec, staged ? slot(t) : nullptr, acc, lmx, lmn);
+        // lane groups hold consecutive blocks of STEPS rows: xor LPR pairs 0-1 (2-3), xor 2 LPR the pairs
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+#pragma unroll
+            for (int o = RL::LPR; o < 32; o *= 2) {
+                acc[e] = acc[e] + __shfl_xor_sync(FULL_MASK, acc[e], o);
+                if (MINMAX) {
+                    lmx[e] = fmaxf(lmx[e], __shfl_xor_sync(FULL_MASK, lmx[e], o));
+                    lmn[e] = fminf(lmn[e], __shfl_xor_sync(FULL_MASK, lmn[e], o));
+                }
             }
-            if (mean_out != nullptr) mean_out[head * Dp + c] = smooth ? mean : 0.0f;
-            if (vscale_out != nullptr) vscale_out[head * Dp + c] = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+        }
+        if (rl.grp == 0) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                scratch[0][warp][8 * rl.sub + e] = acc[e];
+                if (MINMAX) {
+                    scratch[1][warp][8 * rl.sub + e] = lmx[e];
+                    scratch[2][warp][8 * rl.sub + e] = lmn[e];
+                }
+            }
+        }
+        __syncthreads();
+        if ((int)threadIdx.x < DP) {
+            const int c = threadIdx.x;
+            float w[QUANT_WARPS];
+#pragma unroll
+            for (int i = 0; i < QUANT_WARPS; ++i) {
+                w[i] = scratch[0][i][c];
+                if (MINMAX) {
+                    cmx = fmaxf(cmx, scratch[1][i][c]);
+                    cmn = fminf(cmn, scratch[2][i][c]);
+                }
+            }
+            tree_reduce<QUANT_WARPS>(w);
+            pairwise_push<BLOCK_LEVELS>(lv, 1, w[0], t - first);
+        }
+        __syncthreads();  // the scratch and tile t's slot are free again
+    }
+    if ((int)threadIdx.x < DP) {
+        const int c = threadIdx.x;
+        float* out = part + (((i64)blockIdx.z * H + blockIdx.y) * gridDim.x + blockIdx.x) * 3 * DP;
+        out[c] = pairwise_total<BLOCK_LEVELS>(lv, 1, last > first ? last - first : 0);
+        if (MINMAX) {
+            out[DP + c] = cmx;
+            out[2 * DP + c] = cmn;
         }
     }
+}
+
+SAGE_DEVICE void finish_stats(const float* part, int nb, int H, int N, int D, int Dp, int smooth,
+                                 float* mean_out, float* vscale_out) {
+    const int c = threadIdx.x;
+    if (c >= Dp) return;
+    const i64 head = (i64)blockIdx.y * H + blockIdx.x;
+    const float* p = part + head * nb * 3 * Dp;
+    float lv[STATS_LEVELS];
+    float mx = neg_inf(), mn = pos_inf();
+    // eight blocks' loads in flight at a time (one by one, 32 blocks took ~15 us of latency)
+    for (int i0 = 0; i0 < nb; i0 += 8) {
+        float v[8], a[8], z[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const i64 o = (i64)min(i0 + u, nb - 1) * 3 * Dp + c;
+            v[u] = p[o];
+            a[u] = vscale_out != nullptr ? p[o + Dp] : 0.0f;
+            z[u] = vscale_out != nullptr ? p[o + 2 * Dp] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            if (i0 + u < nb) {
+                pairwise_push<STATS_LEVELS>(lv, 1, v[u], i0 + u);
+                mx = fmaxf(mx, a[u]);
+                mn = fminf(mn, z[u]);
+            }
+        }
+    }
+    float mean = 0.0f, amax = 0.0f;
+    if (c < D) {
+        mean = __fdiv_rn(__fadd_rn(pairwise_total<STATS_LEVELS>(lv, 1, nb), 0.0f), (float)N);
+        amax = smooth ? fmaxf(mx - mean, mean - mn) : fmaxf(mx, -mn);
+    }
+    if (mean_out != nullptr) mean_out[head * Dp + c] = smooth ? mean : 0.0f;
+    if (vscale_out != nullptr) vscale_out[head * Dp + c] = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
 }
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
 template <class DT, int DP, class READY>
-SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* km,
+SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* kmh,
                             int gran, int qmax, int rotate, u8* codes, float* scales, i8* codes8, float* scales8,
                             int* nonfinite, int tile, const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
@@ -454,7 +561,7 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
     x_ready();
     float kmv[8];
-    load_channel_vec8(km + head * DP, rl.sub, 0.0f, kmv);
+    load_channel_vec8(kmh, rl.sub, 0.0f, kmv);
 #pragma unroll
     for (int s = 0; s < RL::STEPS; ++s) {
         const int n = t0 + rl.row(warp, s);
@@ -627,7 +734,7 @@ SAGE_DEVICE u16 e4m3_pair(float lo, float hi) {
 
 template <class DT, int DP, class READY>
 SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
-                                 const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt, int tile,
+                                 const float* vmh, const float* svh, u8* vt, int* nonfinite, u32* s_vt, int tile,
                                  const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
     const int h = blockIdx.y, b = blockIdx.z;
@@ -639,8 +746,8 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     const bool vec = rows_vectorizable<DT>(base, sn, D);
 
     float vmv[8], svv[8];
-    load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
-    load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
+    load_channel_vec8(vmh, rl.sub, 0.0f, vmv);
+    load_channel_vec8(svh, rl.sub, 1.0f, svv);
     // V' / sv = (V' * pre) / (sv * pre) exactly for a power of two `pre`: 2^64 when one of the lane's
     // scales is below 2^-100 (a channel of values below ~1e-28, bf16/f32 only), whose reciprocal
     // div_for_e4m3 needs would overflow or lose its precision, and none above 2^40 (so that no V' * pre
@@ -766,10 +873,10 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 }
 
+
 // ---- entry points ---------------------------------------------------------------------------------
-// One set per input dtype; parameter lists in ABI.md. quantize_*: grid (ceil(N/128), H, B), 256
-// threads; channel_stats_*: grid (Dp/32, H, B), 256 threads. The quantize kernels are compiled per
-// padded head dim (Dp = 64 or 128) and picked by the uniform branch on Dp.
+// One set per input dtype; parameter lists and grids in ABI.md (256 threads). The kernels are
+// compiled per padded head dim (Dp = 64 or 128) and picked by the uniform branch on Dp.
 
 #define SAGE_DP_DISPATCH(CALL, DT) \
     if (Dp == 128) {               \
@@ -779,23 +886,18 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 
 #define SAGE_QUANT_ENTRIES(SUFFIX, DT)                                                                    \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                        \
-        channel_stats_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
-                               int D, int Dp, int smooth, float* mean_out, float* vscale_out) {           \
-        channel_stats<DT>(x, stride_b, stride_h, stride_n, H, N, D, Dp, smooth, mean_out, vscale_out,     \
-                          blockIdx.x);                                                                    \
-    }                                                                                                     \
-    /* K's and V's statistics in one launch (blocks [0, Dp/32) take x0, the rest x1): each CTA is a */   \
-    /* chain of N dependent additions, so twice the CTAs in flight finish both in about the time of one. */ \
-    extern "C" __global__ void __launch_bounds__(STATS_THREADS, 4)                                        \
-        channel_stats2_##SUFFIX(const DT::T* x0, i64 sb0, i64 sh0, i64 sn0, int smooth0, float* mean0,    \
-                                float* vscale0, const DT::T* x1, i64 sb1, i64 sh1, i64 sn1, int smooth1,  \
-                                float* mean1, float* vscale1, int H, int N, int D, int Dp) {              \
-        const int nb = Dp / 32;                                                                           \
-        const bool first = (int)blockIdx.x < nb;                                                          \
-        channel_stats<DT>(first ? x0 : x1, first ? sb0 : sb1, first ? sh0 : sh1, first ? sn0 : sn1, H, N, \
-                          D, Dp, first ? smooth0 : smooth1, first ? mean0 : mean1,                        \
-                          first ? vscale0 : vscale1, first ? (int)blockIdx.x : (int)blockIdx.x - nb);     \
+    /* grid (ceil(ceil(N/128)/tpc), H, B): the block sums (and maxima, minima) of each tpc tiles */     \
+    extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
+        kv_stats_blocks_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
+                                 int D, int Dp, int minmax, int tpc, float* part) {                       \
+        SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
+        if (Dp == 128) {                                                                                  \
+            if (minmax) kv_stats_blocks<DT, 128, true>(x, stride_b, stride_h, stride_n, H, N, D, tpc, part, s_dyn); \
+            else kv_stats_blocks<DT, 128, false>(x, stride_b, stride_h, stride_n, H, N, D, tpc, part, s_dyn); \
+        } else {                                                                                          \
+            if (minmax) kv_stats_blocks<DT, 64, true>(x, stride_b, stride_h, stride_n, H, N, D, tpc, part, s_dyn); \
+            else kv_stats_blocks<DT, 64, false>(x, stride_b, stride_h, stride_n, H, N, D, tpc, part, s_dyn); \
+        }                                                                                                 \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
@@ -827,6 +929,8 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
 
+// Offset of the CTA's head in a [B, H, Dp] vector (km, vm, sv).
+#define HEAD_VEC(DPV) (((i64)blockIdx.z * H + blockIdx.y) * (DPV))
 // The staged quantize_* kernels: the CTA's tiles in turn (for_each_tile), each through `FN`.
 #define SAGE_TILES(DT, DPV, X, BODY)                                                                        \
     {                                                                                                     \
@@ -838,7 +942,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 #define SAGE_QK_CALL(DT, DPV)                                                                                 \
     SAGE_TILES(DT, DPV, k,                                                                                \
-               (quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km, granularity, qmax, rotate, \
+               (quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km + HEAD_VEC(DPV), granularity, qmax, rotate, \
                                     codes, scales, codes8, scales8, nonfinite, tile, st, x_ready)))
 #define SAGE_QQ_CALL(DT, DPV)                                                                                 \
     SAGE_TILES(DT, DPV, q,                                                                                \
@@ -846,10 +950,18 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                                     granularity, qmax, rotate, codes, scales, nonfinite, tile, st, x_ready)))
 #define SAGE_QV8_CALL(DT, DPV)                                                                                \
     SAGE_TILES(DT, DPV, v,                                                                                \
-               (quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, sv, vt, nonfinite, s_vt, \
+               (quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, \
+                                         vm != nullptr ? vm + HEAD_VEC(DPV) : nullptr, sv + HEAD_VEC(DPV), vt, nonfinite, s_vt, \
                                          tile, st, x_ready)))
 #define SAGE_QV16_CALL(DT, DPV) \
     quantize_v_f16<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, vt, nonfinite, s_vt)
+
+// grid (H, B), block 128: the head's km (or vm) and sv from the nb blocks of kv_stats_blocks.
+extern "C" __global__ void __launch_bounds__(MAX_DP)
+    kv_stats_finish(const float* part, int nb, int H, int N, int D, int Dp, int smooth, float* mean_out,
+                    float* vscale_out) {
+    finish_stats(part, nb, H, N, D, Dp, smooth, mean_out, vscale_out);
+}
 
 #ifdef SAGE_WANT_F16
 SAGE_QUANT_ENTRIES(f16, DtF16)

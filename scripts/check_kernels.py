@@ -66,14 +66,13 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
         names = []
         for dt in dtypes:
             names += [
-                f"channel_stats_{dt}",
-                f"channel_stats2_{dt}",
+                f"kv_stats_blocks_{dt}",
                 f"quantize_q_{dt}",
                 f"quantize_k_{dt}",
                 f"quantize_v_e4m3_{dt}",
                 f"quantize_v_f16_{dt}",
             ]
-        return set(names)
+        return set(names) | {"kv_stats_finish"}
     if cu_file == "attn_mma.cu":
         variants = ["int8_fp16"] + (["int8_fp8", "int4_fp8"] if fp8 else [])
         return {f"attn_{v}_hd{d}_{dt}" for v in variants for d in HEAD_DIMS for dt in dtypes}

@@ -24,7 +24,8 @@ struct Params {
     kv_start: u32, kv_end: u32, chunk_first: u32, chunk_last: u32,
     // 1 where the adapter's `/` is not IEEE division (hardware GPUs): per-element quotients then
     // take `div_exact`; software adapters divide exactly already and have a loop budget to keep
-    exact_div: u32, _pad1: u32, _pad2: u32, _pad3: u32,
+    // block_mean: 1 sums pairwise (km, vm), 0 in token order (the smooth_q blocks)
+    exact_div: u32, pairwise: u32, _pad2: u32, _pad3: u32,
 }
 
 const MODE_INT4_FP8: u32 = 0u;

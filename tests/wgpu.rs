@@ -30,3 +30,58 @@ fn device_lost_is_an_error() {
         }
     }
 }
+
+/// km, vm and qm are bit-identical to the CPU's (the conformance suite allows 1e-3): km and vm in
+/// the pairwise order, on lengths around powers of two with large channel means (where the order
+/// shows in the low bits), and all -0.0 channels give +0.0 as on the CPU.
+#[test]
+fn means_are_bit_identical_to_the_cpu() {
+    let Some(backend) = conformance::require_or_skip("wgpu", sage_wgpu::WgpuBackend::new()) else {
+        return;
+    };
+    use sage::{AttentionBackend, AttentionParams, CpuBackend, DType, Layout, Mode, Shape, Tensor};
+    let cpu = CpuBackend::new();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let d = 64;
+    let mut wrong = Vec::new();
+    for n in [1, 2, 3, 7, 64, 65, 127, 129, 300, 1023, 1024, 1025, 2049] {
+        let s = Shape::new(1, 2, n, d);
+        let mut make = |scale: f32, zero: bool| {
+            let x: Vec<f32> = (0..s.numel())
+                .map(|i| match i % d {
+                    0 => -0.0,
+                    1 if zero => -0.0,
+                    c => scale * c as f32 + noise(),
+                })
+                .collect();
+            Tensor::from_f32_hnd(&x, s, DType::F32, Layout::Hnd).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (q, k, v) = (make(5.0, false), make(37.0, false), make(-13.0, true));
+        let p = AttentionParams {
+            mode: Mode::Int8Fp8,
+            smooth_q: Some(true),
+            smooth_v: true,
+            ..AttentionParams::default()
+        };
+        let run =
+            |b: &dyn AttentionBackend| b.quantize(&q, &k, &v, &p).unwrap_or_else(|e| panic!("{e}"));
+        let (got, want) = (run(&backend), run(&cpu));
+        for (name, a, b) in [
+            ("km", &got.km, &want.km),
+            ("vm", &got.vm, &want.vm),
+            ("qm", &got.qm, &want.qm),
+        ] {
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            if bits(a) != bits(b) {
+                wrong.push(format!("N = {n}: {name}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "means differ from the cpu's: {wrong:?}");
+}

@@ -14,6 +14,10 @@ typedef long long i64;
 
 #define SAGE_DEVICE __device__ __forceinline__
 #define FULL_MASK 0xffffffffu
+// The kernel's dynamic shared memory (the host emulator gives it a static buffer instead).
+#ifndef SAGE_DYNAMIC_SMEM
+#define SAGE_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 // ---- constants of ALGORITHM.md (the same f32 values as crates/sage-core/src/numerics) ----
 // log2(e) as an f32 (0x3fb8aa3b): logits are taken to base 2 so the softmax uses exp2 (Step 4).

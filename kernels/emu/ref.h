@@ -114,7 +114,19 @@ inline void quantize_rows(const std::vector<float>& x, int rows, int d, Gran g, 
     }
 }
 
-// numerics/smooth.rs
+// numerics/smooth.rs: token_mean (km, vm: pairwise, + 0.0) and channel_mean (smooth_q blocks: in order)
+inline float pairwise_sum(const float* x, int d, int c, int lo, int n) {
+    if (n == 1) return x[(size_t)lo * d + c];
+    int h = 1;
+    while (2 * h < n) h *= 2;  // the largest power of two below n
+    return pairwise_sum(x, d, c, lo, h) + pairwise_sum(x, d, c, lo + h, n - h);
+}
+inline std::vector<float> token_mean(const float* x, int rows, int d) {
+    std::vector<float> s(d, 0.0f);
+    if (rows > 0)
+        for (int c = 0; c < d; ++c) s[c] = (pairwise_sum(x, d, c, 0, rows) + 0.0f) / (float)rows;
+    return s;
+}
 inline std::vector<float> channel_mean(const float* x, int rows, int d) {
     std::vector<float> s(d, 0.0f);
     for (int r = 0; r < rows; ++r)
@@ -146,7 +158,7 @@ inline std::vector<float> pad_rows(const float* x, int rows, int d, int dp) {
 inline KvHead prepare_kv(const Problem& p, const float* k, const float* v) {
     KvHead h;
     int n = p.Nk, d = p.D, dp = p.Dp, qmax = p.qmax();
-    h.km = channel_mean(k, n, d);
+    h.km = token_mean(k, n, d);
     auto ks = pad_rows(k, n, d, dp);
     for (int r = 0; r < n; ++r) for (int c = 0; c < d; ++c) ks[r * dp + c] -= h.km[c];
     if (p.rotate) for (int r = 0; r < n; ++r) fwht(&ks[r * dp], dp);
@@ -156,7 +168,7 @@ inline KvHead prepare_kv(const Problem& p, const float* k, const float* v) {
         if (qmax == 127) { h.k8_codes = h.k_codes; h.k8_scales = h.k_scales; }
         else quantize_rows(ks, n, dp, p.gran, false, 127, h.k8_codes, h.k8_scales);
     }
-    if (p.smooth_v) { h.has_vm = true; h.vm = channel_mean(v, n, d); }
+    if (p.smooth_v) { h.has_vm = true; h.vm = token_mean(v, n, d); }
     auto vs = pad_rows(v, n, d, dp);
     if (h.has_vm) for (int r = 0; r < n; ++r) for (int c = 0; c < d; ++c) vs[r * dp + c] -= h.vm[c];
     h.fp8 = p.fp8();

@@ -554,7 +554,26 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
     let mut report = Report::default();
     let cpu = CpuBackend::new();
     let mut salt = 5000u64;
-    for case in matrix().iter().step_by(2) {
+    let mut cases: Vec<Case> = matrix().into_iter().step_by(2).collect();
+    // long K/V: a GPU may split the tokens into blocks of several tiles (CUDA's fused K/V kernels
+    // give each CTA of a cluster 4 of 18 tiles here, the last ones short), and the means must still
+    // be the CPU's pairwise ones
+    for (seq_k, head_dim, dtype, layout) in [
+        (2200, 128, DType::BF16, Layout::Nhd),
+        (1500, 64, DType::F32, Layout::Hnd),
+    ] {
+        cases.push(Case {
+            batch: 1,
+            heads_q: 4,
+            heads_kv: 2,
+            seq_q: 70,
+            seq_k,
+            head_dim,
+            dtype,
+            layout,
+        });
+    }
+    for case in &cases {
         for mode in [Mode::Int4Fp8, Mode::Int8Fp8, Mode::Int8Fp16] {
             for g in Granularity::ALL {
                 for (smooth_q, smooth_v, rotate) in [(None, false, false), (Some(true), true, true)]

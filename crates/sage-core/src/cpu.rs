@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::numerics::fp8::{E4M3_MAX, e4m3_decode, e4m3_encode, e4m3_round};
 use crate::numerics::hadamard::fwht_normalized;
 use crate::numerics::quant::{Operand, quantize_rows, scale_group, scale_groups};
-use crate::numerics::smooth::{block_means, channel_mean};
+use crate::numerics::smooth::{block_means, token_mean};
 use crate::numerics::{LN_2, LOG2_E, Q_SMOOTH_BLOCK};
 use crate::tensor::{DType, Layout, Shape, Tensor};
 
@@ -120,7 +120,7 @@ fn prepare_kv(p: &Problem, k: &[f32], v: &[f32], b: usize, h: usize) -> Result<K
     let qmax = p.mode.qk_qmax().unwrap_or(127);
 
     // Step 1: smooth_k
-    let km = channel_mean(k, n, d);
+    let km = token_mean(k, n, d);
     let mut ks = pad_rows(k, n, d, dp);
     for row in ks.chunks_exact_mut(dp) {
         for (x, m) in row.iter_mut().zip(&km) {
@@ -157,7 +157,7 @@ fn prepare_kv(p: &Problem, k: &[f32], v: &[f32], b: usize, h: usize) -> Result<K
     };
 
     // Step 7: smooth_v and V to FP8 (or f16)
-    let vm = p.smooth_v.then(|| channel_mean(v, n, d));
+    let vm = p.smooth_v.then(|| token_mean(v, n, d));
     let mut vs = pad_rows(v, n, d, dp);
     if let Some(vm) = &vm {
         for row in vs.chunks_exact_mut(dp) {

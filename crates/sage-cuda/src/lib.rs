@@ -38,6 +38,24 @@ const QT: usize = 128;
 fn quant_tiles_per_cta(tiles: usize, sms: usize) -> usize {
     (tiles / (4 * sms.max(1))).clamp(1, 8)
 }
+
+/// Tiles per CTA of kv_stats_blocks (their `tpc`): a power of two (each CTA's tokens are an aligned
+/// block of the pairwise mean), up to 8, and no more than leave four CTAs per SM.
+fn stats_tiles_per_cta(tiles: usize, sms: usize) -> usize {
+    let t = (tiles / (4 * sms.max(1))).clamp(1, 8);
+    1 << t.ilog2()
+}
+
+/// Dynamic shared memory of kv_stats_blocks (quant.cu `StatsLayout`): a ring of three staged tiles
+/// (16-bit inputs) and the warps' partial sums, maxima and minima.
+fn stats_smem_bytes(dtype: DType) -> u32 {
+    let ring = match dtype {
+        DType::F32 => 0,
+        _ => 3 * (QT * 128 * 2) as u32,
+    };
+    ring + 3 * 8 * 128 * 4
+}
+
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -679,38 +697,62 @@ impl CudaBackend {
                 Arg::I32(dp as i32),
             ]
         };
-        // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales; both tensors in
-        // one launch when V needs them (kernels/ABI.md)
-        if fp8 || p.smooth_v {
-            let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
-            args.extend([Arg::I32(1), self.ptr(&bufs.km), NULL]);
-            args.extend([self.ptr(v.0), vs[0], vs[1], vs[2]]);
-            args.extend([Arg::I32(p.smooth_v as i32), opt(&bufs.vm), opt(&bufs.sv)]);
-            args.extend(dims(hk, nk));
-            self.launch(
-                Module::Quant,
-                &format!("channel_stats2_{dt}"),
-                [2 * dp / 32, hk, b],
-                256,
-                &args,
-            )?;
-        } else {
-            let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
-            args.extend(dims(hk, nk));
-            args.extend([Arg::I32(1), self.ptr(&bufs.km), NULL]);
-            self.launch(
-                Module::Quant,
-                &format!("channel_stats_{dt}"),
-                [dp / 32, hk, b],
-                256,
-                &args,
-            )?;
-        }
-        // Step 3 for K (with the INT8 copy for dS in INT4 mode), then Steps 2-3 for Q
         let (k8c, k8s) = match &bufs.k8 {
             Some((c, s)) => (self.ptr(c), self.ptr(s)),
             None => (NULL, NULL),
         };
+        let k_tail = [
+            self.ptr(&bufs.k_codes),
+            self.ptr(&bufs.k_scales),
+            k8c,
+            k8s,
+            flag(1),
+        ];
+        // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales: block sums
+        // of each tpc tiles, then one CTA per head adds them up (kernels/ABI.md)
+        let tpc_s = stats_tiles_per_cta(nk.div_ceil(QT) * hk * b, self.sms);
+        let nb = nk.div_ceil(QT).div_ceil(tpc_s);
+        let part = f32s(b * hk * nb * 3 * dp)?;
+        let stats = |x: &CudaSlice<u8>,
+                     s: &[Arg; 3],
+                     minmax: bool,
+                     smooth: bool,
+                     mean: Arg,
+                     vscale: Arg| {
+            let mut args = vec![self.ptr(x), s[0], s[1], s[2]];
+            args.extend(dims(hk, nk));
+            args.extend([
+                Arg::I32(minmax as i32),
+                Arg::I32(tpc_s as i32),
+                self.ptr(&part),
+            ]);
+            self.launch_with(
+                Module::Quant,
+                &format!("kv_stats_blocks_{dt}"),
+                [nb, hk, b],
+                256,
+                stats_smem_bytes(p.dtype),
+                &[],
+                &args,
+            )?;
+            let args = [
+                self.ptr(&part),
+                Arg::I32(nb as i32),
+                Arg::I32(hk as i32),
+                Arg::I32(nk as i32),
+                Arg::I32(d as i32),
+                Arg::I32(dp as i32),
+                Arg::I32(smooth as i32),
+                mean,
+                vscale,
+            ];
+            self.launch(Module::Quant, "kv_stats_finish", [hk, b, 1], 128, &args)
+        };
+        stats(k.0, &ks, false, true, self.ptr(&bufs.km), NULL)?;
+        if fp8 || p.smooth_v {
+            stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
+        }
+        // Step 3 for K (with the INT8 copy for dS in INT4 mode)
         let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
         args.extend(dims(hk, nk));
         args.extend([
@@ -719,14 +761,8 @@ impl CudaBackend {
             Arg::I32(qmax),
             Arg::I32(p.rotate as i32),
         ]);
-        args.extend([
-            self.ptr(&bufs.k_codes),
-            self.ptr(&bufs.k_scales),
-            k8c,
-            k8s,
-            flag(1),
-            Arg::I32(tpc_k as i32),
-        ]);
+        args.extend(k_tail);
+        args.push(Arg::I32(tpc_k as i32));
         self.launch(
             Module::Quant,
             &format!("quantize_k_{dt}"),
@@ -734,6 +770,7 @@ impl CudaBackend {
             256,
             &args,
         )?;
+        // Steps 2-3 for Q
         let mut args = vec![self.ptr(q.0), qs[0], qs[1], qs[2]];
         args.extend(dims(hq, nq));
         args.extend([
@@ -1294,6 +1331,29 @@ mod tests {
             Ok(b) => assert!(!b.arch().is_empty()),
             Err(e) => assert!(e.to_string().contains(NAME), "{e}"),
         }
+    }
+
+    #[test]
+    fn stats_blocks_are_aligned() {
+        for tiles in [
+            0usize,
+            1,
+            5,
+            527,
+            528,
+            1056,
+            2112,
+            4223,
+            4224,
+            8192,
+            1 << 20,
+        ] {
+            let tpc = stats_tiles_per_cta(tiles, 132);
+            assert!(tpc.is_power_of_two() && tpc <= 8, "{tiles} -> {tpc}");
+            assert!(tpc == 1 || tiles / tpc >= 4 * 132, "{tiles} -> {tpc}");
+        }
+        assert_eq!(stats_smem_bytes(DType::BF16), 110_592);
+        assert_eq!(stats_smem_bytes(DType::F32), 12_288);
     }
 
     #[test]

@@ -443,7 +443,8 @@ impl WgpuBackend {
         Ok(dst)
     }
 
-    /// Channel means of `src` ([.., seq, Dp]) over blocks of `block` tokens, into aux at `offset`.
+    /// Channel means of `src` ([.., seq, Dp]) over blocks of `block` tokens, into aux at `offset`;
+    /// summed pairwise (km, vm) or in token order (the smooth_q blocks).
     #[allow(clippy::too_many_arguments)]
     fn encode_mean(
         &self,
@@ -454,6 +455,7 @@ impl WgpuBackend {
         heads: usize,
         seq: usize,
         block: usize,
+        pairwise: bool,
         offset: u32,
     ) -> Result<()> {
         let blocks = seq.div_ceil(block) as u64;
@@ -463,6 +465,7 @@ impl WgpuBackend {
             heads: heads as u32,
             seq: seq as u32,
             block: block as u32,
+            pairwise: pairwise as u32,
             dst_offset: offset,
             threads_x,
             ..self.base_params(p)
@@ -537,6 +540,7 @@ impl WgpuBackend {
             p.heads_kv,
             p.seq_k,
             p.seq_k.max(1),
+            true,
             layout.km,
         )?;
         if p.smooth_v {
@@ -548,6 +552,7 @@ impl WgpuBackend {
                 p.heads_kv,
                 p.seq_k,
                 p.seq_k.max(1),
+                true,
                 layout.vm,
             )?;
         }
@@ -560,6 +565,7 @@ impl WgpuBackend {
                 p.heads_q,
                 p.seq_q,
                 Q_SMOOTH_BLOCK,
+                false,
                 layout.qm,
             )?;
         }

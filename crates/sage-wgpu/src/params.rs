@@ -52,6 +52,8 @@ pub struct Params {
     pub chunk_first: u32,
     pub chunk_last: u32,
     pub exact_div: u32,
+    /// block_mean: 1 sums each block pairwise (km, vm: ALGORITHM.md Steps 1, 7), 0 in order (smooth_q)
+    pub pairwise: u32,
 }
 
 impl Params {
@@ -107,7 +109,7 @@ impl Params {
             self.chunk_first,
             self.chunk_last,
             self.exact_div,
-            0,
+            self.pairwise,
             0,
             0,
         ];
