@@ -85,8 +85,9 @@ SAGE_DEVICE void load_row8(const typename DT::T* row, bool valid, int d, int sub
 // ceil(ceil(N/128) / tpc), ABI.md; the host picks it from the problem's size and the SM count, so
 // that small problems keep one tile per CTA). With 16-bit inputs whose rows allow 16-byte loads,
 // tile i+1 is copied into shared memory (cp.async) as soon as every lane holds tile i in registers,
-// so the copy runs under tile i's reductions, barriers and stores; a CTA that loaded, computed and stored in turn kept the
-// memory busy only a third of the time (ncu on an H200: ~30 % of DRAM bandwidth, 2 CTAs per SM).
+// so the copy runs under tile i's reductions, barriers and stores; a CTA that loaded, computed and
+// stored in turn kept the memory busy only a third of the time (ncu on an H200: ~30 % of DRAM
+// bandwidth, 2 CTAs per SM).
 
 template <class DT>
 struct Staging {
@@ -127,32 +128,20 @@ struct NextTile {
     }
 };
 
-// Runs body(tile, x_ready) for tiles first .. last-1 of a head. Staged: body loads its rows from the
-// shared tile (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from
-// global memory. A barrier separates consecutive tiles (their shared arrays are reused). `resident`:
-// tile last-1 is already in the shared tile (the fused K/V kernels' second pass), so it goes first
-// and is not copied again.
-template <class DT, int DP, class BODY>
-SAGE_DEVICE void for_tiles(const typename DT::T* base, i64 sn, int N, int D, int first, int last, bool staged,
-                           bool resident, typename DT::T* tile, BODY body) {
-    const int count = last - first;
-    resident = resident && staged;
-    auto at = [&](int i) { return resident ? (i == 0 ? last - 1 : first + i - 1) : first + i; };
-    if (staged && count > 0 && !resident) stage_tile<DT, DP>(base, sn, N, D, at(0) * QUANT_TOKENS, tile);
-    for (int i = 0; i < count; ++i) {
-        if (staged) cp_async_wait_all();
-        __syncthreads();
-        body(at(i), NextTile<DT, DP>{base, sn, N, D, i + 1 < count ? at(i + 1) : -1, staged, tile});
-    }
-}
-
-// The CTA's `tpc` consecutive tiles (the separate quantize_* kernels).
+// Runs body(tile, x_ready) for the CTA's tiles. Staged: body loads its rows from the shared tile
+// (load_rows below) and then calls x_ready() (NextTile). Not staged: rows come from global memory.
+// A barrier separates consecutive tiles (their shared arrays are reused).
 template <class DT, int DP, class BODY>
 SAGE_DEVICE void for_each_tile(const typename DT::T* base, i64 sn, int N, int D, int tpc, bool staged,
                                typename DT::T* tile, BODY body) {
-    const int first = blockIdx.x * tpc;
-    for_tiles<DT, DP>(base, sn, N, D, first, min(first + tpc, ceil_div(N, QUANT_TOKENS)), staged, false, tile,
-                      body);
+    const int ntiles = ceil_div(N, QUANT_TOKENS);
+    const int first = blockIdx.x * tpc, last = min(first + tpc, ntiles);
+    if (staged && first < last) stage_tile<DT, DP>(base, sn, N, D, first * QUANT_TOKENS, tile);
+    for (int t = first; t < last; ++t) {
+        if (staged) cp_async_wait_all();
+        __syncthreads();
+        body(t, NextTile<DT, DP>{base, sn, N, D, t + 1 < last ? t + 1 : -1, staged, tile});
+    }
 }
 
 // Rows s0 .. s0 + NB - 1 of the lane's part of tile t0 (tokens t0 + rl.row(warp, s)), from the staged
@@ -503,8 +492,8 @@ SAGE_DEVICE void kv_stats_blocks(const typename DT::T* x, i64 sb, i64 sh, i64 sn
     }
 }
 
-SAGE_DEVICE void finish_stats(const float* part, int nb, int H, int N, int D, int Dp, int smooth,
-                                 float* mean_out, float* vscale_out) {
+SAGE_DEVICE void finish_stats(const float* part, int nb, int H, int N, int D, int Dp, int smooth, float* mean_out,
+                              float* vscale_out) {
     const int c = threadIdx.x;
     if (c >= Dp) return;
     const i64 head = (i64)blockIdx.y * H + blockIdx.x;
@@ -541,7 +530,7 @@ SAGE_DEVICE void finish_stats(const float* part, int nb, int H, int N, int D, in
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
 template <class DT, int DP, class READY>
-SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* kmh,
+SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, int D, const float* km,
                             int gran, int qmax, int rotate, u8* codes, float* scales, i8* codes8, float* scales8,
                             int* nonfinite, int tile, const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
@@ -561,7 +550,7 @@ SAGE_DEVICE void quantize_k(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int
     load_rows<DT, DP>(base, sn, N, D, t0, warp, rl, vec, s_tile, x);
     x_ready();
     float kmv[8];
-    load_channel_vec8(kmh, rl.sub, 0.0f, kmv);
+    load_channel_vec8(km + head * DP, rl.sub, 0.0f, kmv);
 #pragma unroll
     for (int s = 0; s < RL::STEPS; ++s) {
         const int n = t0 + rl.row(warp, s);
@@ -734,7 +723,7 @@ SAGE_DEVICE u16 e4m3_pair(float lo, float hi) {
 
 template <class DT, int DP, class READY>
 SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int D,
-                                 const float* vmh, const float* svh, u8* vt, int* nonfinite, u32* s_vt, int tile,
+                                 const float* vm, const float* sv, u8* vt, int* nonfinite, u32* s_vt, int tile,
                                  const typename DT::T* s_tile, READY x_ready) {
     typedef RowLayout<DP> RL;
     const int h = blockIdx.y, b = blockIdx.z;
@@ -746,8 +735,8 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     const bool vec = rows_vectorizable<DT>(base, sn, D);
 
     float vmv[8], svv[8];
-    load_channel_vec8(vmh, rl.sub, 0.0f, vmv);
-    load_channel_vec8(svh, rl.sub, 1.0f, svv);
+    load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
+    load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
     // V' / sv = (V' * pre) / (sv * pre) exactly for a power of two `pre`: 2^64 when one of the lane's
     // scales is below 2^-100 (a channel of values below ~1e-28, bf16/f32 only), whose reciprocal
     // div_for_e4m3 needs would overflow or lose its precision, and none above 2^40 (so that no V' * pre
@@ -873,7 +862,6 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 }
 
-
 // ---- entry points ---------------------------------------------------------------------------------
 // One set per input dtype; parameter lists and grids in ABI.md (256 threads). The kernels are
 // compiled per padded head dim (Dp = 64 or 128) and picked by the uniform branch on Dp.
@@ -929,8 +917,6 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
 
-// Offset of the CTA's head in a [B, H, Dp] vector (km, vm, sv).
-#define HEAD_VEC(DPV) (((i64)blockIdx.z * H + blockIdx.y) * (DPV))
 // The staged quantize_* kernels: the CTA's tiles in turn (for_each_tile), each through `FN`.
 #define SAGE_TILES(DT, DPV, X, BODY)                                                                        \
     {                                                                                                     \
@@ -942,7 +928,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 #define SAGE_QK_CALL(DT, DPV)                                                                                 \
     SAGE_TILES(DT, DPV, k,                                                                                \
-               (quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km + HEAD_VEC(DPV), granularity, qmax, rotate, \
+               (quantize_k<DT, DPV>(k, stride_b, stride_h, stride_n, H, N, D, km, granularity, qmax, rotate, \
                                     codes, scales, codes8, scales8, nonfinite, tile, st, x_ready)))
 #define SAGE_QQ_CALL(DT, DPV)                                                                                 \
     SAGE_TILES(DT, DPV, q,                                                                                \
@@ -950,8 +936,7 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                                     granularity, qmax, rotate, codes, scales, nonfinite, tile, st, x_ready)))
 #define SAGE_QV8_CALL(DT, DPV)                                                                                \
     SAGE_TILES(DT, DPV, v,                                                                                \
-               (quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, \
-                                         vm != nullptr ? vm + HEAD_VEC(DPV) : nullptr, sv + HEAD_VEC(DPV), vt, nonfinite, s_vt, \
+               (quantize_v_e4m3<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, sv, vt, nonfinite, s_vt, \
                                          tile, st, x_ready)))
 #define SAGE_QV16_CALL(DT, DPV) \
     quantize_v_f16<DT, DPV>(v, stride_b, stride_h, stride_n, H, N, D, vm, vt, nonfinite, s_vt)

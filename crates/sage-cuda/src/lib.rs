@@ -42,8 +42,7 @@ fn quant_tiles_per_cta(tiles: usize, sms: usize) -> usize {
 /// Tiles per CTA of kv_stats_blocks (their `tpc`): a power of two (each CTA's tokens are an aligned
 /// block of the pairwise mean), up to 8, and no more than leave four CTAs per SM.
 fn stats_tiles_per_cta(tiles: usize, sms: usize) -> usize {
-    let t = (tiles / (4 * sms.max(1))).clamp(1, 8);
-    1 << t.ilog2()
+    1 << quant_tiles_per_cta(tiles, sms).ilog2()
 }
 
 /// Dynamic shared memory of kv_stats_blocks (quant.cu `StatsLayout`): a ring of three staged tiles
@@ -697,17 +696,6 @@ impl CudaBackend {
                 Arg::I32(dp as i32),
             ]
         };
-        let (k8c, k8s) = match &bufs.k8 {
-            Some((c, s)) => (self.ptr(c), self.ptr(s)),
-            None => (NULL, NULL),
-        };
-        let k_tail = [
-            self.ptr(&bufs.k_codes),
-            self.ptr(&bufs.k_scales),
-            k8c,
-            k8s,
-            flag(1),
-        ];
         // Steps 1 and 7: km, and for V its mean (smooth_v) and per-channel FP8 scales: block sums
         // of each tpc tiles, then one CTA per head adds them up (kernels/ABI.md)
         let tpc_s = stats_tiles_per_cta(nk.div_ceil(QT) * hk * b, self.sms);
@@ -753,6 +741,10 @@ impl CudaBackend {
             stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
         }
         // Step 3 for K (with the INT8 copy for dS in INT4 mode)
+        let (k8c, k8s) = match &bufs.k8 {
+            Some((c, s)) => (self.ptr(c), self.ptr(s)),
+            None => (NULL, NULL),
+        };
         let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
         args.extend(dims(hk, nk));
         args.extend([
@@ -761,8 +753,14 @@ impl CudaBackend {
             Arg::I32(qmax),
             Arg::I32(p.rotate as i32),
         ]);
-        args.extend(k_tail);
-        args.push(Arg::I32(tpc_k as i32));
+        args.extend([
+            self.ptr(&bufs.k_codes),
+            self.ptr(&bufs.k_scales),
+            k8c,
+            k8s,
+            flag(1),
+            Arg::I32(tpc_k as i32),
+        ]);
         self.launch(
             Module::Quant,
             &format!("quantize_k_{dt}"),
