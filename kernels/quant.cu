@@ -291,8 +291,9 @@ SAGE_DEVICE int v8_slot(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8
 
 // ---- the token sums behind km and vm: one fixed pairwise order -----------------------------------
 // sum(x[0..n]) = sum(x[0..h]) + sum(x[h..n]), h the largest power of two below n, in f32, then + 0.0
-// (a zero sum is +0); mean = sum / n. It is the CPU's token_mean (numerics/smooth.rs) and the WGSL
-// token_mean: all backends get bit-identical means, so everything computed from them agrees too.
+// (a zero sum is +0); mean = sum / n. It is the CPU's token_mean (numerics/smooth.rs) and WGSL
+// block_mean's pairwise branch: all backends get bit-identical means, so everything computed from
+// them agrees too.
 // (K' = K - km cancels: a mean off by its rounding error moves the K scales by several ulp on data
 // with large channel means, so the order is part of the contract.) Every power-of-two-aligned block
 // of tokens is one subtree, so the sums of aligned blocks (a lane's rows, a warp's, a tile's, a
