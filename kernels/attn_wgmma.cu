@@ -3,12 +3,17 @@
 // kernel's (the same scale groups, folds and two-level accumulation) with kv_block = KVT, the KV tile:
 // 128 (this backend's default for int8-fp8 on Hopper) or 64 (the mma.sync kernels' value).
 //
-// CTA = three warpgroups, 128 query rows of one (batch, query head):
-//   producer (warpgroup 0): one thread issues the bulk tensor copies (TMA) of the Q tile once and of
-//     K_j, V_j for every KV tile j into a ring of STAGES slots; each copy completes on its slot's
+// Two CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
+//   pair (entries without suffix): three warpgroups, 128 query rows of one (batch, query head), one CTA
+//     per SM. Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of the Q tile
+//     and of K_j, V_j for every KV tile j into a ring of STAGES slots; each copy completes on its slot's
 //     `full` mbarrier; a slot is refilled once every consumer warp has arrived on its `empty` barrier.
-//     It gives its registers away (setmaxnreg) to the consumers.
-//   consumers (warpgroups 1, 2): 64 query rows each. Per KV tile:
+//     It gives its registers away (setmaxnreg) to the consumers, warpgroups 1 and 2.
+//   solo (`_solo`): one consumer warpgroup of 64 rows whose first warp also issues the copies (a
+//     slot is refilled as soon as the four warps release it), two CTAs per SM at up to 255 registers.
+//     Its two CTAs per SM share nothing; measured faster than the pair only at DP = 64 with few KV
+//     tiles (BENCHMARKS.md, session 7), where the host picks it.
+//   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
 //     online_softmax: dequantized with one product per score (sq * sk * sm_scale * log2 e), causal /
@@ -16,8 +21,8 @@
 //     pv:             P (e4m3, from registers, in the accumulator layout) times V_j^T by wgmma
 //                     m64nDPk32 e4m3 into a FRESH f32 accumulator, then acc = acc * alpha + that:
 //                     no tensor-core accumulator outlives one KV block (Step 6's two-level sum)
-//   The two consumers run on the same K_j, V_j; each overlaps its softmax of tile j with its own
-//   P_{j-1} V_{j-1} and with the other consumer's products.
+//   Each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1} and with the products of
+//   the other consumer warpgroup on the SM (the pair's partner, or the other solo CTA).
 // Finally O = acc / (448 l) * sv (+ vm), and the log-sum-exp, as attn_mma.cu.
 //
 // Operands in shared memory are K-major, swizzled (common/hopper.cuh): Q and K_j rows are DP bytes of
@@ -40,44 +45,54 @@
 #ifdef SAGE_HAVE_WGMMA
 
 #define WG_THREADS 128
-#define WG_CONSUMERS 2
-#define WG_CTA_THREADS (WG_THREADS * (1 + WG_CONSUMERS))
-#define WG_Q_TILE (64 * WG_CONSUMERS)  // query rows per CTA: one smooth_q block (Q_SMOOTH_BLOCK)
-#define WG_STAGES 4                    // K/V ring depth
-// Register split (setmaxnreg): 128 * 24 + 256 * 240 <= 64K registers of the SM.
+// Register split of the pair form (setmaxnreg): 128 * 24 + 256 * 240 <= 64K registers of the SM.
 #define WG_PRODUCER_REGS 24
 #define WG_CONSUMER_REGS 240
-// The two consumers take turns to issue their wgmmas (named barriers WG_BAR_TURN + consumer).
-// Measured on an H200 (BENCHMARKS.md): +2 % at DP = 64, -3 % at DP = 128, so only DP = 64 takes turns.
-#ifndef WG_PINGPONG
-#define WG_PINGPONG (DP == 64)
-#endif
-#define WG_BAR_TURN 1  // 1, 2: turns; 3, 4: each consumer's own barrier (dS)
-#define WG_BAR_OWN 3
+#define WG_BAR_OWN 1  // 1, 2: each consumer's own barrier (dS, the staged outputs)
+#define WG_BAR_EPI 3  // every consumer past its last P V: the ring can hold the outputs
+
+// The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo.
+template <int NC>
+struct WgForm {
+    static constexpr int CONSUMERS = NC;
+    static constexpr bool PRODUCER = NC > 1;
+    static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
+    static constexpr int Q_TILE = 64 * NC;  // query rows per CTA; divides Q_SMOOTH_BLOCK
+    // K/V ring depth: the solo form's shared memory must leave room for a second CTA on the SM
+    // (3 * 32 KiB + its Q tile at KVT = DP = 128).
+    static constexpr int STAGES = NC > 1 ? 4 : 3;
+    static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
+};
 
 // A 128-byte CUtensorMap, passed by value (__grid_constant__) so TMA reads it from parameter space.
 struct __align__(64) TmaMap {
     u64 words[16];
 };
 
-// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS. The
+// Descriptor swizzle mode of a tile of `row_bytes`-byte rows (1 = 128 B, 2 = 64 B): the one whose span
+// is a row, as the host's tensor maps write it.
+__host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes == 128 ? 1u : 2u; }
+
+// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS | sv, vm. The
 // host asks for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns the base.
-template <int DP, int KVT>
+template <int DP, int KVT, int NC>
 struct WgSmem {
-    static constexpr int Q_BYTES = WG_Q_TILE * DP;
+    typedef WgForm<NC> F;
+    static constexpr int Q_BYTES = F::Q_TILE * DP;
     static constexpr int K_BYTES = KVT * DP;
     static constexpr int V_BYTES = DP * KVT;
-    static constexpr int K_OFF = 2 * Q_BYTES;  // Q double-buffered across a CTA's work items
-    static constexpr int V_OFF = K_OFF + WG_STAGES * K_BYTES;
-    static constexpr int BAR_OFF = V_OFF + WG_STAGES * V_BYTES;
-    // barriers: q_full[2], q_empty[2], then k_full, k_empty, v_full, v_empty for each stage
-    static constexpr int QM_OFF = BAR_OFF + 8 * (4 + 4 * WG_STAGES);
+    static constexpr int K_OFF = Q_BYTES;
+    static constexpr int V_OFF = K_OFF + F::STAGES * K_BYTES;
+    static constexpr int BAR_OFF = V_OFF + F::STAGES * V_BYTES;
+    // barriers: q_full, epi_full, then k_full, k_empty, v_full, v_empty for each stage
+    static constexpr int QM_OFF = BAR_OFF + 8 * (2 + 4 * F::STAGES);
     // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
-    static constexpr int DS_OFF = QM_OFF + 4 * WG_CONSUMERS * DP;
-    static constexpr int BYTES = DS_OFF + 4 * WG_CONSUMERS * 2 * KVT;
-    // Descriptor swizzle modes (1 = 128 B, 2 = 64 B): the one whose span is a row.
-    static constexpr u32 QK_SWIZZLE = DP == 128 ? 1 : 2;
-    static constexpr u32 V_SWIZZLE = KVT == 128 ? 1 : 2;
+    static constexpr int DS_OFF = QM_OFF + 4 * NC * DP;
+    // the epilogue's sv and vm of the item's head (16-byte aligned for the bulk copy)
+    static constexpr int EPI_OFF = DS_OFF + 4 * NC * 2 * KVT;
+    static constexpr int BYTES = EPI_OFF + 4 * 2 * DP;
+    static constexpr u32 QK_SWIZZLE = swizzle_mode(DP);
+    static constexpr u32 V_SWIZZLE = swizzle_mode(KVT);
 };
 
 // Byte offset of byte `c` of row `r` in a swizzled tile of `row_bytes`-byte rows (128 or 64): the
@@ -98,7 +113,7 @@ SAGE_DEVICE void wgmma_scores(int (&d)[KVT / 2], u64 a_desc, u64 b_desc, int acc
 // f = P V for one KV block (issued, not waited for): KVT/32 k-steps of 32 keys, a fresh accumulator.
 template <int DP, int KVT>
 SAGE_DEVICE void pv_issue(float (&f)[DP / 2], const u32 (&pf)[KVT / 32][4], u32 v_tile) {
-    const u64 v_desc = smem_desc(v_tile, 8 * KVT, WgSmem<DP, KVT>::V_SWIZZLE);
+    const u64 v_desc = smem_desc(v_tile, 8 * KVT, swizzle_mode(KVT));
 #pragma unroll
     for (int ks = 0; ks < KVT / 32; ++ks) {
         if constexpr (DP == 128)
@@ -151,14 +166,16 @@ SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const flo
     }
 }
 
-template <int DP, int KVT, bool PERSIST, class OUT>
+template <int DP, int KVT, int NC, class OUT>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
                             const float* __restrict__ v_scales, const float* __restrict__ vm,
                             const float* __restrict__ qm, const float* __restrict__ qkm, void* __restrict__ out_ptr,
                             i64 o_sb, i64 o_sh, i64 o_sn, float* __restrict__ lse, int B, int Hq, int Hkv, int Nq,
                             int Nk, int D, int gran, int causal, float sm_scale) {
-    typedef WgSmem<DP, KVT> L;
+    typedef WgForm<NC> F;
+    typedef WgSmem<DP, KVT, NC> L;
+    constexpr int STAGES = F::STAGES;
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
@@ -168,12 +185,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     unsigned char* base_ptr = smem_raw + (base - smem_addr(smem_raw));
     const u32 s_k = base + L::K_OFF, s_v = base + L::V_OFF;
     const u32 bars = base + L::BAR_OFF;
-    auto q_full = [&](int qb) { return bars + 8 * qb; };
-    auto q_empty = [&](int qb) { return bars + 8 * (2 + qb); };
-    auto k_full = [&](int s) { return bars + 8 * (4 + s); };
-    auto k_empty = [&](int s) { return bars + 8 * (4 + WG_STAGES + s); };
-    auto v_full = [&](int s) { return bars + 8 * (4 + 2 * WG_STAGES + s); };
-    auto v_empty = [&](int s) { return bars + 8 * (4 + 3 * WG_STAGES + s); };
+    const u32 q_full = bars, epi_full = bars + 8;
+    auto k_full = [&](int s) { return bars + 8 * (2 + s); };
+    auto k_empty = [&](int s) { return bars + 8 * (2 + STAGES + s); };
+    auto v_full = [&](int s) { return bars + 8 * (2 + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bars + 8 * (2 + 3 * STAGES + s); };
 
     const int tid = threadIdx.x;
     // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform: wgmma code on a
@@ -182,79 +198,101 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int nq_pad = round_up(Nq, QUANT_TOKENS), nk_pad = round_up(Nk, QUANT_TOKENS);
     const bool is_causal = causal != 0;
     const bool smooth = qm != nullptr;
-    // Work items: (query tile, head, batch), query tile fastest so that the CTAs running at one time
-    // share K/V heads in L2; causal: the last query tiles see the most keys, so they come first. A CTA
-    // takes items blockIdx.x, + gridDim.x, ... (a persistent grid when the host launches fewer CTAs
-    // than items: the producer loads the next item's Q, K and V while the consumers finish the last).
-    const int n_qt = ceil_div(Nq, WG_Q_TILE);
-    const int n_items = n_qt * Hq * B;
+    // The work item (query tile, head, batch) of this CTA, query tile fastest so that the CTAs running
+    // at one time share K/V heads in L2; causal: the last query tiles see the most keys, so they come
+    // first. Registers are scarce in the consumers (the pair's kv128 x hd128 kernel is at its 240), so
+    // the item is recomputed from blockIdx where needed rather than kept live through the KV loop.
+    const int n_qt = ceil_div(Nq, F::Q_TILE);
     struct Item {
         int qt, h, b, n_tiles;
         i64 qhead, khead;
     };
-    auto item_of = [&](int w) {
+    auto item = [&]() {
+        const int w = blockIdx.x;
         Item it;
         it.qt = n_qt - 1 - w % n_qt;
         it.h = (w / n_qt) % Hq;
         it.b = w / (n_qt * Hq);
         it.qhead = (i64)it.b * Hq + it.h;
         it.khead = (i64)it.b * Hkv + it.h / (Hq / Hkv);  // GQA
-        const int key_end = tile_key_end(it.qt * WG_Q_TILE, WG_Q_TILE, Nq, Nk, is_causal);
+        const int key_end = tile_key_end(it.qt * F::Q_TILE, F::Q_TILE, Nq, Nk, is_causal);
         it.n_tiles = key_end > 0 ? ceil_div(key_end, KVT) : 0;
         return it;
     };
+    // Copies of the padded code buffers: the Q tile (rows [Q_TILE qt, + Q_TILE), always inside the
+    // buffer) and KV tile j of the item's head into ring slot s.
+    auto load_q = [&]() {
+        const Item it = item();
+        mbar_arrive_expect_tx(q_full, L::Q_BYTES);
+        tma_load_2d(base, &q_map, 0, (int)(it.qhead * nq_pad + it.qt * F::Q_TILE), q_full);
+    };
+    // The epilogue's sv (and vm) of the head, copied at the start: read from global memory at the end,
+    // their latency sat between the last P V and the stores of every CTA (BENCHMARKS.md, session 7).
+    auto load_epilogue = [&]() {
+        const i64 at = item().khead * DP;
+        mbar_arrive_expect_tx(epi_full, (vm != nullptr ? 2 : 1) * 4 * DP);
+        bulk_load(base + L::EPI_OFF, v_scales + at, 4 * DP, epi_full);
+        if (vm != nullptr) bulk_load(base + L::EPI_OFF + 4 * DP, vm + at, 4 * DP, epi_full);
+    };
+    auto load_k = [&](int j, int s) {
+        mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
+        tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, (int)(item().khead * nk_pad + j * KVT), k_full(s));
+    };
+    auto load_v = [&](int j, int s) {
+        mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
+        tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, (int)(item().khead * DP), v_full(s));
+    };
 
     if (tid == 0) {
-        for (int qb = 0; qb < 2; ++qb) {
-            mbar_init(q_full(qb), 1);
-            mbar_init(q_empty(qb), 4 * WG_CONSUMERS);
-        }
-        for (int s = 0; s < WG_STAGES; ++s) {
+        mbar_init(q_full, 1);
+        mbar_init(epi_full, 1);
+        for (int s = 0; s < STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
             // every consumer warp releases a slot once it is done with it
-            mbar_init(k_empty(s), 4 * WG_CONSUMERS);
-            mbar_init(v_empty(s), 4 * WG_CONSUMERS);
+            mbar_init(k_empty(s), 4 * NC);
+            mbar_init(v_empty(s), 4 * NC);
         }
         fence_barrier_init();
     }
     __syncthreads();
 
-    if (wg == 0) {
-        // ---- producer ----
-        regs_release<WG_PRODUCER_REGS>();
-        if (tid == 0) {
-            tma_prefetch_map(&q_map);
-            tma_prefetch_map(&k_map);
-            tma_prefetch_map(&v_map);
-            int n = 0;  // KV tiles loaded so far: slot n % STAGES, phase (n / STAGES) & 1
-            for (int w = blockIdx.x, k = 0; w < n_items; w += gridDim.x, ++k) {
-                const Item it = item_of(w);
-                // The Q tile (double-buffered across items): rows [128 qt, 128 qt + 128) of the padded
-                // code buffer, always inside it.
-                const int qb = k & 1;
-                mbar_wait(q_empty(qb), ((k >> 1) & 1) ^ 1);
-                mbar_arrive_expect_tx(q_full(qb), L::Q_BYTES);
-                tma_load_2d(base + qb * L::Q_BYTES, &q_map, 0, (int)(it.qhead * nq_pad + it.qt * WG_Q_TILE),
-                            q_full(qb));
-                for (int j = 0; j < it.n_tiles; ++j, ++n) {
-                    const int s = n % WG_STAGES;
-                    const u32 parity = (n / WG_STAGES) & 1;
+    if constexpr (F::PRODUCER) {
+        if (wg == 0) {
+            // ---- producer (pair form) ----
+            regs_release<WG_PRODUCER_REGS>();
+            if (tid == 0) {
+                tma_prefetch_map(&q_map);
+                tma_prefetch_map(&k_map);
+                tma_prefetch_map(&v_map);
+                load_q();
+                load_epilogue();
+                const int n_tiles = item().n_tiles;
+                for (int j = 0; j < n_tiles; ++j) {
+                    const int s = j % STAGES;
+                    const u32 parity = (j / STAGES) & 1;
                     mbar_wait(k_empty(s), parity ^ 1);
-                    mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
-                    tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, (int)(it.khead * nk_pad + j * KVT), k_full(s));
+                    load_k(j, s);
                     mbar_wait(v_empty(s), parity ^ 1);
-                    mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
-                    tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, (int)(it.khead * DP), v_full(s));
+                    load_v(j, s);
                 }
             }
+            return;
         }
-        return;
+        regs_claim<WG_CONSUMER_REGS>();
+    } else if (tid == 0) {
+        // solo: the ring's first STAGES tiles; the rest as slots come free (refill_k / refill_v)
+        load_q();
+        load_epilogue();
+        const int first = min(item().n_tiles, STAGES);
+        for (int j = 0; j < first; ++j) {
+            load_k(j, j);
+            load_v(j, j);
+        }
     }
 
     // ---- consumers ----
-    regs_claim<WG_CONSUMER_REGS>();
-    const int cw = wg - 1;
+    const int cw = F::PRODUCER ? wg - 1 : 0;
     const int wtid = tid % WG_THREADS, warp = wtid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
     const float logit_scale = __fmul_rn(sm_scale, LOG2_E);
@@ -263,240 +301,272 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int ksubs = k_group_shape(gran).subs;
     float* s_qm = (float*)(base_ptr + L::QM_OFF) + cw * DP;
     float* s_ds = (float*)(base_ptr + L::DS_OFF) + cw * 2 * KVT;
-    // WG_PINGPONG: the two consumers take turns to issue their wgmmas (named barriers), so one's
-    // softmax runs while the other's products occupy the tensor cores. Both take n_tiles + 1 turns per
-    // item (below: the compute rounds, the last P V, then the rounds of slots a consumer only releases).
-    constexpr bool pingpong = WG_PINGPONG;
-    if (pingpong && cw == 1) named_arrive(WG_BAR_TURN, 2 * WG_THREADS);  // consumer 0 issues first
 
-    // One work item w, the CTA's k-th; `tiles_before` KV tiles of earlier items went through the ring.
-    // Returns the item's KV tiles.
-    auto consume = [&](int w, int k, int tiles_before) -> int {
-        // Registers are scarce here (the kv128 x hd128 kernel is at its 240): values the finalisation
-        // needs are recomputed from w after the KV loop rather than kept live through it.
-        const int n_tiles = item_of(w).n_tiles;
-        auto slot = [&](int j) { return (tiles_before + j) % WG_STAGES; };
-        auto phase = [&](int j) { return (u32)(((tiles_before + j) / WG_STAGES) & 1); };
-        auto turn_begin = [&]() {
-            if (pingpong) named_sync(WG_BAR_TURN + cw, 2 * WG_THREADS);
-        };
-        // consumer 1 skips its very last arrival: it arrived once before its first turn
-        auto turn_end = [&](int round) {
-            if (pingpong && (cw == 0 || (PERSIST && w + (int)gridDim.x < n_items) || round < n_tiles))
-                named_arrive(WG_BAR_TURN + 1 - cw, 2 * WG_THREADS);
-        };
-        // A slot this consumer does not compute on: wait for it to land, hand it back.
-        auto release_k = [&](int j) {
-            mbar_wait(k_full(slot(j)), phase(j));
-            __syncwarp();
-            if (lane == 0) mbar_arrive(k_empty(slot(j)));
-        };
-        auto release_v = [&](int j) {
-            mbar_wait(v_full(slot(j)), phase(j));
-            __syncwarp();
-            if (lane == 0) mbar_arrive(v_empty(slot(j)));
-        };
-
-        const int q0 = item_of(w).qt * WG_Q_TILE + 64 * cw;
-        const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
-        const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
-        const int my_tiles = my_end > 0 ? ceil_div(my_end, KVT) : 0;
-        // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
-        // with sm_scale * log2(e) folded in as attn_mma.cu does.
-        const int gq = q_scale_group(gran, row0);
-        const float sq =
-            __fmul_rn(gq < groups_q ? q_scales[item_of(w).qhead * groups_q + gq] : 1.0f, logit_scale);
-        const int sk_base = (int)(item_of(w).khead * groups_k) + (gran == GRAN_PER_THREAD ? t : 0);
-        auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
-        if (smooth) {
-            // this item's 128 rows are one smooth_q block (WG_Q_TILE = Q_SMOOTH_BLOCK); every thread
-            // is past its last read of the previous item's qm (the dS barrier of its last tile)
-            const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
-            const Item it = item_of(w);
-            for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + it.qt) * DP + c];
-            named_sync(WG_BAR_OWN + cw, WG_THREADS);
-        }
-        const int qb = k & 1;
-        const u64 q_desc = smem_desc(base + qb * L::Q_BYTES + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
-
-        OnlineSoftmax<NT> sm;
-        sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
-        float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
-#pragma unroll
-        for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
-
-        mbar_wait(q_full(qb), (k >> 1) & 1);
-        // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
-        // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
-        // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
-        // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
-        // wgmma: C7514, an accumulator read inside a pipeline stage.)
-        u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
-        float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
-        float alpha_prev[2] = {1.0f, 1.0f};
-        for (int j = 0; j < my_tiles; ++j) {
+    const int n_tiles = item().n_tiles;
+    auto slot = [&](int j) { return j % STAGES; };
+    auto phase = [&](int j) { return (u32)((j / STAGES) & 1); };
+    // solo: once every warp has released tile j's K (V) slot, warp 0 has the copy of tile j + STAGES
+    // go into it. The wait is for the other warps only, which run the same wgmmas in step; the branch
+    // is warp-uniform and one lane issues by predicate (tma_load_2d_by: C7520 otherwise).
+    const bool issuer = !F::PRODUCER && __shfl_sync(FULL_MASK, wtid < 32, 0);
+    auto refill_k = [&](int j) {
+        if (issuer && j + STAGES < n_tiles) {
             const int s = slot(j);
-            const u32 parity = phase(j);
-            const int sp = slot(j - 1);  // tile j-1's slot
-            const u32 parity_p = phase(j - 1);
-            // The K scales of the tile, one per 64-key group (loaded here: a register each through the
-            // loop would cost more than their latency, which the wgmma issue below hides).
-            float sk[NG];
+            mbar_wait(k_empty(s), phase(j));
+            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, (int)(item().khead * nk_pad + (j + STAGES) * KVT),
+                           k_full(s), L::K_BYTES);
+        }
+    };
+    auto refill_v = [&](int j) {
+        if (issuer && j + STAGES < n_tiles) {
+            const int s = slot(j);
+            mbar_wait(v_empty(s), phase(j));
+            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, (int)(item().khead * DP),
+                           v_full(s), L::V_BYTES);
+        }
+    };
+    // A slot this consumer does not compute on: wait for it to land, hand it back.
+    auto release_k = [&](int j) {
+        mbar_wait(k_full(slot(j)), phase(j));
+        __syncwarp();
+        if (lane == 0) mbar_arrive(k_empty(slot(j)));
+    };
+    auto release_v = [&](int j) {
+        mbar_wait(v_full(slot(j)), phase(j));
+        __syncwarp();
+        if (lane == 0) mbar_arrive(v_empty(slot(j)));
+    };
+
+    const int q0 = item().qt * F::Q_TILE + 64 * cw;
+    const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
+    const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
+    const int my_tiles = my_end > 0 ? ceil_div(my_end, KVT) : 0;
+    // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
+    // with sm_scale * log2(e) folded in as attn_mma.cu does.
+    const int gq = q_scale_group(gran, row0);
+    const float sq = __fmul_rn(gq < groups_q ? q_scales[item().qhead * groups_q + gq] : 1.0f, logit_scale);
+    const int sk_base = (int)(item().khead * groups_k) + (gran == GRAN_PER_THREAD ? t : 0);
+    auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
+    if (smooth) {
+        // the CTA's rows lie in one smooth_q block (Q_TILE divides Q_SMOOTH_BLOCK)
+        const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
+        const Item it = item();
+        const i64 block = it.qt * F::Q_TILE / Q_SMOOTH_BLOCK;
+        for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + block) * DP + c];
+        named_sync(WG_BAR_OWN + cw, WG_THREADS);
+    }
+    const u64 q_desc = smem_desc(base + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
+
+    OnlineSoftmax<NT> sm;
+    sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
+    float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
 #pragma unroll
-            for (int gi = 0; gi < NG; ++gi) {
-                const int kg = j * NG + gi;
-                sk[gi] = kg < ceil_div(Nk, 64) ? sk_lane(kg * ksubs) : 1.0f;
-            }
+    for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
+
+    mbar_wait(q_full, 0);
+    // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
+    // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
+    // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
+    // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
+    // wgmma: C7514, an accumulator read inside a pipeline stage.)
+    u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
+    float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
+    float alpha_prev[2] = {1.0f, 1.0f};
+    for (int j = 0; j < my_tiles; ++j) {
+        const int s = slot(j);
+        const u32 parity = phase(j);
+        const int sp = slot(j - 1);  // tile j-1's slot
+        const u32 parity_p = phase(j - 1);
+        // The K scales of the tile, one per 64-key group (loaded here: a register each through the
+        // loop would cost more than their latency, which the wgmma issue below hides).
+        float sk[NG];
+#pragma unroll
+        for (int gi = 0; gi < NG; ++gi) {
+            const int kg = j * NG + gi;
+            sk[gi] = kg < ceil_div(Nk, 64) ? sk_lane(kg * ksubs) : 1.0f;
+        }
 
         int acc[NT][4];
-            int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
-            mbar_wait(k_full(s), parity);
-            turn_begin();
-            wgmma_fence();
-            {
-                // ---- scores (issued) ----
-                const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
+        int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
+        mbar_wait(k_full(s), parity);
+        wgmma_fence();
+        {
+            // ---- scores (issued) ----
+            const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
 #pragma unroll
-                for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
-                    wgmma_scores<KVT>(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
-                wgmma_commit();
-            }
-            float* ds = s_ds + (j & 1) * KVT;
-            if (smooth) {
-                // dS of tile j while the tensor cores run (double-buffered: one barrier per tile suffices,
-                // as no thread can pass the next barrier before every thread is done reading this buffer).
-                tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales + sk_base - (gran == GRAN_PER_THREAD ? t : 0), gran, j * KVT, Nk,
-                                 logit_scale, wtid);
-                named_sync(WG_BAR_OWN + cw, WG_THREADS);
-            }
-            // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
-            // when it cannot pair them.
-            if (j > 0) {
-                // ---- pv of tile j-1 (issued) ----
-                mbar_wait(v_full(sp), parity_p);
-                pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
-                turn_end(j);
-                wgmma_wait<1>();  // S_j is done (groups complete in order)
-            } else {
-                turn_end(j);
-                wgmma_wait<0>();
-            }
-            reg_fence(acc_flat);
-            __syncwarp();
-            if (lane == 0) mbar_arrive(k_empty(s));
-
-            // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
-            // Unmasked tiles without dS take the softmax straight from the unscaled dot products
-            // (attn_mma.cu), one scale per 64-key group.
-            float sqk[NG];
-#pragma unroll
-            for (int gi = 0; gi < NG; ++gi) sqk[gi] = __fmul_rn(sq, sk[gi]);
-            const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
-            const bool fused = !smooth && logit_scale > 0.0f && !masked;
-            float sc[NT][4];
-            float alpha[2];
-            if (fused) {
-                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
-                sm.update_biased(acc, sc, sqk, alpha);
-            } else {
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
-                        if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
-                        sc[nt][e] = v;
-                    }
-                }
-                // ---- causal_mask (and keys >= Nk) ----
-                if (masked) mask_tile(sc, j * KVT, t, row0, row1, Nq, Nk, is_causal);
-                sm.update(sc, alpha);
-            }
-
-            if (j > 0) {
-                wgmma_wait<0>();
-                reg_fence(f);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(v_empty(sp));
-                merge_block(o, f, alpha_prev);
-            }
-            p_to_e4m3_a(sc, pf);
-            alpha_prev[0] = alpha[0];
-            alpha_prev[1] = alpha[1];
+            for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
+                wgmma_scores<KVT>(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
+            wgmma_commit();
         }
-        if (my_tiles > 0) {
-            // ---- pv of the last tile ----
-            const int sp = slot(my_tiles - 1);
-            mbar_wait(v_full(sp), phase(my_tiles - 1));
-            turn_begin();
-            wgmma_fence();
+        float* ds = s_ds + (j & 1) * KVT;
+        if (smooth) {
+            // dS of tile j while the tensor cores run (double-buffered: one barrier per tile suffices,
+            // as no thread can pass the next barrier before every thread is done reading this buffer).
+            tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales + sk_base - (gran == GRAN_PER_THREAD ? t : 0),
+                             gran, j * KVT, Nk, logit_scale, wtid);
+            named_sync(WG_BAR_OWN + cw, WG_THREADS);
+        }
+        // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
+        // when it cannot pair them.
+        if (j > 0) {
+            // ---- pv of tile j-1 (issued) ----
+            mbar_wait(v_full(sp), parity_p);
             pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
-            turn_end(my_tiles);
+            wgmma_wait<1>();  // S_j is done (groups complete in order)
+        } else {
+            wgmma_wait<0>();
+        }
+        reg_fence(acc_flat);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(k_empty(s));
+        refill_k(j);
+
+        // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
+        // Unmasked tiles without dS take the softmax straight from the unscaled dot products
+        // (attn_mma.cu), one scale per 64-key group.
+        float sqk[NG];
+#pragma unroll
+        for (int gi = 0; gi < NG; ++gi) sqk[gi] = __fmul_rn(sq, sk[gi]);
+        const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
+        const bool fused = !smooth && logit_scale > 0.0f && !masked;
+        float sc[NT][4];
+        float alpha[2];
+        if (fused) {
+            // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
+            sm.update_biased(acc, sc, sqk, alpha);
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
+                    if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
+                    sc[nt][e] = v;
+                }
+            }
+            // ---- causal_mask (and keys >= Nk) ----
+            if (masked) mask_tile(sc, j * KVT, t, row0, row1, Nq, Nk, is_causal);
+            sm.update(sc, alpha);
+        }
+
+        if (j > 0) {
             wgmma_wait<0>();
             reg_fence(f);
             __syncwarp();
             if (lane == 0) mbar_arrive(v_empty(sp));
+            refill_v(j - 1);
             merge_block(o, f, alpha_prev);
-            if (my_tiles < n_tiles) release_k(my_tiles);
         }
-        // Past this warpgroup's last visible key (causal): nothing to compute, but the slots are released
-        // in order like any other, or the ring's phases would slip.
-        for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
-            turn_begin();
-            turn_end(j);
-            if (j < n_tiles) release_k(j);
-            if (j >= 1) release_v(j - 1);
-        }
-
-        // Q's buffer is free for the item after next once every wgmma reading it is done.
-        __syncwarp();
-        if (lane == 0) mbar_arrive(q_empty(qb));
-
-        // ---- finalize ----
-        const Item item = item_of(w);
-        const int h = item.h, b = item.b;
-        const i64 qhead = item.qhead, khead = item.khead;
-        sm.reduce_rows();
-        const float* svp = v_scales + khead * DP;
-        const float* vmp = vm != nullptr ? vm + khead * DP : nullptr;
-        OutT* obase = (OutT*)out_ptr + (i64)b * o_sb + (i64)h * o_sh;
-        // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
-        store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, qhead,
-                                        sm_scale);
-        return n_tiles;
-    };
-    if constexpr (PERSIST) {
-        int tiles_before = 0;
-        for (int w = blockIdx.x, k = 0; w < n_items; w += gridDim.x, ++k) tiles_before += consume(w, k, tiles_before);
-    } else {
-        consume(blockIdx.x, 0, 0);  // one item per CTA: the loop's state would cost registers
+        p_to_e4m3_a(sc, pf);
+        alpha_prev[0] = alpha[0];
+        alpha_prev[1] = alpha[1];
     }
+    if (my_tiles > 0) {
+        // ---- pv of the last tile ----
+        const int sp = slot(my_tiles - 1);
+        mbar_wait(v_full(sp), phase(my_tiles - 1));
+        wgmma_fence();
+        pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
+        wgmma_wait<0>();
+        reg_fence(f);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(v_empty(sp));
+        merge_block(o, f, alpha_prev);
+        if (my_tiles < n_tiles) release_k(my_tiles);
+    }
+    // Past this warpgroup's last visible key (causal, pair form): nothing to compute, but the slots are
+    // released in order like any other, or the ring's phases would slip.
+    for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
+        if (j < n_tiles) release_k(j);
+        if (j >= 1) release_v(j - 1);
+    }
+
+    // ---- finalize ----
+    const Item it = item();
+    sm.reduce_rows();
+    mbar_wait(epi_full, 0);
+    const float* svp = (const float*)(base_ptr + L::EPI_OFF);
+    const float* vmp = vm != nullptr ? svp + DP : nullptr;
+    OutT* obase = (OutT*)out_ptr + (i64)it.b * o_sb + (i64)it.h * o_sh;
+    // Rows of whole 16-byte chunks go out through shared memory (below); other outputs (a padded head
+    // dim, an unaligned row) lane by lane.
+    const bool staged = D == DP && (u64)obase % 16 == 0 && (o_sn * (i64)sizeof(OutT)) % 16 == 0;
+    if (!staged) {
+        // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
+        store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, it.qhead,
+                                        sm_scale);
+        return;
+    }
+    // The consumer's 64 x DP outputs are written into the K/V ring, free once every consumer is past
+    // its last P V, then copied out a 16-byte chunk per thread and step: whole rows per warp instead of
+    // a lane's two channels of 8 rows per store. Measured at N = 1024, where every CTA's epilogue
+    // counts: BENCHMARKS.md, session 7. Rows of RB bytes, their 16-byte chunks XOR-swizzled with the
+    // row (mod 8) so that the 8 rows of a store land in different banks.
+    constexpr int RB = DP * (int)sizeof(OutT);
+    static_assert(NC * 64 * RB <= F::STAGES * (L::K_BYTES + L::V_BYTES), "staging fits in the ring");
+    named_sync(WG_BAR_EPI, NC * WG_THREADS);
+    unsigned char* stage = base_ptr + L::K_OFF + cw * 64 * RB;
+    {
+        float inv_l[2];
+        row_inverses<true>(sm, inv_l);
+#pragma unroll
+        for (int ct = 0; ct < CT; ++ct) {
+            float sv[2], vmv[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                sv[e] = svp[8 * ct + 2 * t + e];
+                vmv[e] = vmp != nullptr ? vmp[8 * ct + 2 * t + e] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                OutT v[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    v[e] = out_value<OUT, true, true>(o[4 * ct + 2 * r + e], sm.l[r], inv_l[r], sv[e], vmp, vmv[e]);
+                const int row = warp * 16 + g + 8 * r;
+                const int byte = (8 * ct + 2 * t) * (int)sizeof(OutT);
+                store_pair((OutT*)(stage + row * RB + ((byte >> 4) ^ g) * 16 + (byte & 15)), v[0], v[1]);
+            }
+        }
+    }
+    named_sync(WG_BAR_OWN + cw, WG_THREADS);
+    constexpr int CHUNKS = RB / 16;
+    const int q_rows = item().qt * F::Q_TILE + 64 * cw;
+#pragma unroll 4
+    for (int i = wtid; i < 64 * CHUNKS; i += WG_THREADS) {
+        const int row = i / CHUNKS, ch = i % CHUNKS;
+        if (q_rows + row < Nq) {
+            const uint4 w = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
+            *(uint4*)((unsigned char*)(obase + (i64)(q_rows + row) * o_sn) + ch * 16) = w;
+        }
+    }
+    store_lse(sm, row0, row1, t, Nq, lse, qkm, it.qhead, sm_scale);
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_persistent]: sm_90a only; 384 threads,
-// dynamic shared memory WgSmem<DP, KVT>::BYTES + 1024; grid (ceil(Nq/128) * Hq * B, 1, 1), or for
-// `_persistent` (G, 1, 1) with any G >= 1 (each CTA takes items blockIdx.x + k G). Parameters: ABI.md
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo]: sm_90a only; 384 threads (pair) or
+// 128 (`_solo`), dynamic shared memory WgSmem<DP, KVT, NC>::BYTES + 1024, grid
+// (ceil(Nq / Q_TILE) * Hq * B, 1, 1), Q_TILE = 128 (pair) or 64 (`_solo`). Parameters: ABI.md
 // ("Hopper kernel").
-#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, PERSIST, OUT)                                                               \
-    extern "C" __global__ void __launch_bounds__(WG_CTA_THREADS, 1)                                       \
-        NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                  \
-             const __grid_constant__ TmaMap v_map, const float* q_scales, const float* k_scales,          \
-             const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,        \
-             i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,  \
-             int Nk, int D, int granularity, int causal, float sm_scale) {                               \
-        attn_wgmma<DP, KVT, PERSIST, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,     \
-                                 o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
-                                 granularity, causal, sm_scale);                                          \
+#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, OUT)                                                              \
+    extern "C" __global__ void __launch_bounds__(WgForm<NC>::THREADS, WgForm<NC>::MIN_CTAS)                   \
+        NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                      \
+             const __grid_constant__ TmaMap v_map, const float* q_scales, const float* k_scales,              \
+             const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,            \
+             i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,      \
+             int Nk, int D, int granularity, int causal, float sm_scale) {                                   \
+        attn_wgmma<DP, KVT, NC, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,      \
+                                     o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
+                                     granularity, causal, sm_scale);                                          \
     }
-#define SAGE_WGMMA_GRIDS(NAME, DP, KVT, OUT)          \
-    SAGE_WGMMA_ENTRY(NAME, DP, KVT, false, OUT)        \
-    SAGE_WGMMA_ENTRY(NAME##_persistent, DP, KVT, true, OUT)
+#define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)  \
+    SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, OUT) \
+    SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, OUT)
 #define SAGE_WGMMA_SHAPES(DT, OUT)                                       \
-    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
-    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
-    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
-    SAGE_WGMMA_GRIDS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
 #ifdef SAGE_WANT_F16
 SAGE_WGMMA_SHAPES(f16, DtF16)

@@ -17,6 +17,42 @@
 SAGE_DEVICE void store_pair(u16* p, u16 a, u16 b) { *(u32*)p = (u32)a | ((u32)b << 16); }
 SAGE_DEVICE void store_pair(float* p, float a, float b) { *(float2*)p = make_float2(a, b); }
 
+// 1/l of the lane's two rows where RECIPROCAL (0 for a row that saw no key).
+template <bool RECIPROCAL, class SOFTMAX>
+SAGE_DEVICE void row_inverses(const SOFTMAX& sm, float (&inv_l)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) inv_l[r] = RECIPROCAL && sm.l[r] != 0.0f ? __fdiv_rn(1.0f, sm.l[r]) : 0.0f;
+}
+
+// One output element from its accumulator `acc` (row sum l, 1/l, the channel's sv and vm).
+template <class OUT, bool PV_FP8, bool RECIPROCAL>
+SAGE_DEVICE typename OUT::T out_value(float acc, float l, float inv_l, float sv, const float* vmp, float vmv) {
+    // A row that saw no key outputs 0, nothing added back (Step 5).
+    float x = 0.0f;
+    if (l != 0.0f) {
+        x = RECIPROCAL ? __fmul_rn(acc, inv_l) : __fdiv_rn(acc, l);
+        if (PV_FP8) x = __fmul_rn(x, sv);
+        if (vmp != nullptr) x = __fadd_rn(x, vmv);
+    }
+    return OUT::store(x);
+}
+
+// The natural log-sum-exp of the lane's rows (lanes t = 0), plus sm_scale * q.km: the logits were of
+// q.(k - km) (Step 1).
+template <class SOFTMAX>
+SAGE_DEVICE void store_lse(const SOFTMAX& sm, int row0, int row1, int t, int Nq, float* lse, const float* qkm,
+                           i64 qhead, float sm_scale) {
+    if (lse == nullptr || t != 0) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = r == 0 ? row0 : row1;
+        if (row >= Nq) continue;
+        float x = sm.lse(r);
+        if (qkm != nullptr && sm.l[r] != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
+        lse[qhead * Nq + row] = x;
+    }
+}
+
 template <class OUT, int CT, bool PV_FP8, bool RECIPROCAL, class SOFTMAX>
 SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const float* svp, const float* vmp,
                             typename OUT::T* obase, i64 o_sn, int row0, int row1, int t, int Nq, int D,
@@ -25,11 +61,10 @@ SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const f
     // A lane's channels come in pairs (2t, 2t + 1): one store of both where the row allows it.
     const bool paired = ((unsigned long long)obase % (2 * sizeof(T))) == 0 && (o_sn % 2) == 0;
     float inv_l[2];
+    row_inverses<RECIPROCAL>(sm, inv_l);
     T* orow[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const float l = sm.l[r];
-        inv_l[r] = RECIPROCAL && l != 0.0f ? __fdiv_rn(1.0f, l) : 0.0f;
         const int row = r == 0 ? row0 : row1;
         orow[r] = obase + (i64)(row < Nq ? row : 0) * o_sn;  // only rows < Nq are written
     }
@@ -50,23 +85,14 @@ SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const f
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             if ((r == 0 ? row0 : row1) >= Nq) continue;
-            const float l = sm.l[r];
 #pragma unroll
             for (int u = 0; u < CH; ++u) {
                 const int ct = c0 + u;
                 T v[2];
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    // A row that saw no key outputs 0, nothing added back (Step 5).
-                    float x = 0.0f;
-                    if (l != 0.0f) {
-                        const float acc = o[4 * ct + 2 * r + e];
-                        x = RECIPROCAL ? __fmul_rn(acc, inv_l[r]) : __fdiv_rn(acc, l);
-                        if (PV_FP8) x = __fmul_rn(x, sv[u][e]);
-                        if (vmp != nullptr) x = __fadd_rn(x, vmv[u][e]);
-                    }
-                    v[e] = OUT::store(x);
-                }
+                for (int e = 0; e < 2; ++e)
+                    v[e] = out_value<OUT, PV_FP8, RECIPROCAL>(o[4 * ct + 2 * r + e], sm.l[r], inv_l[r], sv[u][e],
+                                                              vmp, vmv[u][e]);
                 const int c = 8 * ct + 2 * t;
                 if (paired && c + 1 < D) {
                     store_pair(orow[r] + c, v[0], v[1]);
@@ -77,18 +103,7 @@ SAGE_DEVICE void store_rows(const float (&o)[CT * 4], const SOFTMAX& sm, const f
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = r == 0 ? row0 : row1;
-        if (row >= Nq) continue;
-        const float l = sm.l[r];
-        if (lse != nullptr && t == 0) {
-            float x = sm.lse(r);
-            // the logits were of q.(k - km): add sm_scale * q.km back (Step 1)
-            if (qkm != nullptr && l != 0.0f) x = __fadd_rn(x, __fmul_rn(sm_scale, qkm[qhead * Nq + row]));
-            lse[qhead * Nq + row] = x;
-        }
-    }
+    store_lse(sm, row0, row1, t, Nq, lse, qkm, qhead, sm_scale);
 }
 
 #endif  // SAGE_EPILOGUE_CUH

@@ -59,6 +59,27 @@ SAGE_DEVICE void tma_load_2d(u32 dst, const void* map, int c0, int c1, u32 bar) 
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+// tma_load_2d with its barrier's expect_tx, issued by the lanes where `issue` holds, as predicated
+// instructions: a branch around them would be a divergent path inside a wgmma pipeline, and ptxas
+// then serializes every wgmma of the kernel (C7520).
+SAGE_DEVICE void tma_load_2d_by(bool issue, u32 dst, const void* map, int c0, int c1, u32 bar, u32 bytes) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.u32 p, %5, 0;\n"
+        "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [%4], %6;\n"
+        "@p cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n}\n" ::"r"(
+            dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar), "r"((u32)issue), "r"(bytes)
+        : "memory");
+}
+// A contiguous copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory
+// into shared memory at `dst`; its bytes complete on `bar`.
+SAGE_DEVICE void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile(
+        "{\n.reg .u64 g;\ncvta.to.global.u64 g, %1;\n"
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [g], %2, [%3];\n}\n" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+}
 SAGE_DEVICE void tma_prefetch_map(const void* map) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(map) : "memory");
 }

@@ -97,20 +97,85 @@ struct TensorMap(sys::CUtensorMap);
 // it at launch.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// Query rows per block of the Hopper kernel (two consumer warpgroups of 64).
-const WGMMA_ROWS: usize = 128;
-/// K/V ring depth of the Hopper kernel (`WG_STAGES` in attn_wgmma.cu).
-const WGMMA_STAGES: usize = 4;
+/// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
+/// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
+/// its own copies, two CTAs per multiprocessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WgmmaForm {
+    Pair,
+    Solo,
+}
 
-/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>`: two Q tiles, K and V rings,
-/// mbarriers, the two consumers' qm and double-buffered dS, and 1024 bytes for the kernel to align its
+impl WgmmaForm {
+    /// Query rows per CTA.
+    fn rows(self) -> usize {
+        match self {
+            WgmmaForm::Pair => 128,
+            WgmmaForm::Solo => 64,
+        }
+    }
+    /// K/V ring depth (`WgForm::STAGES`).
+    fn stages(self) -> usize {
+        match self {
+            WgmmaForm::Pair => 4,
+            WgmmaForm::Solo => 3,
+        }
+    }
+    fn threads(self) -> u32 {
+        match self {
+            WgmmaForm::Pair => 384,
+            WgmmaForm::Solo => 128,
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            WgmmaForm::Pair => "",
+            WgmmaForm::Solo => "_solo",
+        }
+    }
+    /// Consumer warpgroups per CTA.
+    fn consumers(self) -> usize {
+        self.rows() / 64
+    }
+}
+
+/// The form `SAGE_CUDA_WGMMA_CTA` asks for: `pair`, `solo`, or unset / `auto` (`None`: chosen per
+/// shape by [`auto_form`]).
+fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<Option<WgmmaForm>, String> {
+    match value {
+        None | Some("auto") => Ok(None),
+        Some("pair") => Ok(Some(WgmmaForm::Pair)),
+        Some("solo") => Ok(Some(WgmmaForm::Solo)),
+        Some(v) => Err(format!("`{v}` is not auto, pair or solo")),
+    }
+}
+
+/// The form for head dim `dp` (padded) and a KV loop of `kv_tiles` tiles. Measured on an H200
+/// (BENCHMARKS.md, session 7): solo is 5-7 % faster at D = 64 with 8 KV tiles of 128 keys (N = 1024,
+/// causal or not), equal at D = 128 and N = 1024, and 3-12 % slower at N >= 4096, where a pair CTA's
+/// two consumers share every K/V tile it loads.
+fn auto_form(dp: usize, kv_tiles: usize) -> WgmmaForm {
+    if dp == 64 && kv_tiles <= SOLO_MAX_KV_TILES {
+        WgmmaForm::Solo
+    } else {
+        WgmmaForm::Pair
+    }
+}
+
+/// The longest KV loop (in KV tiles) that [`auto_form`] gives the solo form.
+const SOLO_MAX_KV_TILES: usize = 8;
+
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo]`: the Q tile, K and V rings,
+/// mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm, and 1024 bytes for the kernel to align its
 /// base (ABI.md, `WgSmem` in attn_wgmma.cu).
-fn wgmma_smem_bytes(dp: usize, kvt: usize) -> usize {
-    2 * WGMMA_ROWS * dp
-        + WGMMA_STAGES * 2 * kvt * dp
-        + 8 * (4 + 4 * WGMMA_STAGES)
+fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
+    let (stages, nc) = (form.stages(), form.consumers());
+    form.rows() * dp
+        + stages * 2 * kvt * dp
+        + 8 * (2 + 4 * stages)
+        + 4 * nc * dp
+        + 4 * nc * 2 * kvt
         + 4 * 2 * dp
-        + 4 * 2 * 2 * kvt
         + 1024
 }
 
@@ -128,9 +193,9 @@ pub struct CudaBackend {
     poison: bool,
     /// `int8-fp8` runs on the wgmma/TMA kernel (sm_90a, unless `SAGE_CUDA_WGMMA=0`).
     wgmma: bool,
-    /// The Hopper kernel's persistent form: `SAGE_CUDA_PERSISTENT` read once (`None`: off; else the
-    /// number of CTAs; a bad value is reported by the first call that would use it).
-    persistent: std::result::Result<Option<usize>, String>,
+    /// The Hopper kernel's CTA form: `SAGE_CUDA_WGMMA_CTA` read once (`None`: per shape; a bad value
+    /// is reported by the first call that would use it).
+    wgmma_form: std::result::Result<Option<WgmmaForm>, String>,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
 }
@@ -220,21 +285,6 @@ struct Marks {
     end: cudarc::driver::CudaEvent,
 }
 
-/// The CTAs of the Hopper kernel's persistent form for a `SAGE_CUDA_PERSISTENT` value: `off` (or
-/// unset) none, `on` one per multiprocessor, or a number. Off by default: on an H200 it was slower for
-/// D = 128 (its persistent form spills) and for causal shapes (static round-robin over unequal
-/// items), and 6 % faster only at D = 64, N = 1024, non-causal (BENCHMARKS.md).
-fn persistent_ctas(value: Option<&str>, sms: usize) -> std::result::Result<Option<usize>, String> {
-    match value {
-        None | Some("off") => Ok(None),
-        Some("on") => Ok(Some(sms)),
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(format!("`{n}` is not off, on or a number of blocks")),
-        },
-    }
-}
-
 fn unavailable(reason: String) -> Error {
     Error::Unavailable {
         backend: NAME,
@@ -313,7 +363,7 @@ impl CudaBackend {
             poison: cfg!(debug_assertions)
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
-            persistent: persistent_ctas(std::env::var("SAGE_CUDA_PERSISTENT").ok().as_deref(), sms),
+            wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
             sms,
         })
     }
@@ -321,6 +371,36 @@ impl CudaBackend {
     /// The architecture kernels are built for (`sm_90a` on Hopper).
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// How many blocks of each Hopper attention entry (f16 output) the driver keeps resident on one
+    /// multiprocessor, as (entry name, blocks); empty off Hopper. The solo form exists for its two.
+    pub fn hopper_blocks_per_sm(&self) -> Result<Vec<(String, u32)>> {
+        let mut out = Vec::new();
+        if !self.wgmma {
+            return Ok(out);
+        }
+        for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
+            for form in [WgmmaForm::Pair, WgmmaForm::Solo] {
+                let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
+                let f = self.function(Module::AttnWgmma, &name)?;
+                let smem = wgmma_smem_bytes(dp, kvt, form);
+                let attr = |a, v: i32| f.set_attribute(a, v).map_err(|e| driver_error(&name, e));
+                attr(
+                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )?;
+                attr(
+                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    100,
+                )?;
+                let blocks = f
+                    .occupancy_max_active_blocks_per_multiprocessor(form.threads(), smem, None)
+                    .map_err(|e| driver_error(&name, e))?;
+                out.push((name, blocks));
+            }
+        }
+        Ok(out)
     }
 
     fn function(&self, module: Module, name: &str) -> Result<CudaFunction> {
@@ -408,6 +488,13 @@ impl CudaBackend {
             f.set_attribute(
                 sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
+            )
+            .map_err(|e| driver_error(name, e))?;
+            // all of the unified L1 as shared memory, so that as many blocks fit as their shared
+            // memory allows (the Hopper kernel's solo form needs two per multiprocessor)
+            f.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
             )
             .map_err(|e| driver_error(name, e))?;
         }
@@ -559,13 +646,18 @@ impl CudaBackend {
     fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
         let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
         let kvt = p.kv_block;
+        let form = self
+            .wgmma_form
+            .clone()
+            .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
+            .unwrap_or_else(|| auto_form(dp, p.seq_k.div_ceil(kvt)));
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
                 dp,
                 b * hq * bufs.nq_pad,
                 dp as u32,
-                WGMMA_ROWS as u32,
+                form.rows() as u32,
             )?,
             self.tensor_map(
                 &bufs.k_codes,
@@ -589,38 +681,17 @@ impl CudaBackend {
         args.extend_from_slice(&tail[..5]);
         args.push(Arg::I32(b as i32));
         args.extend_from_slice(&tail[5..]);
-        // The persistent form (`_persistent`): one CTA per multiprocessor loops over the work items
-        // and loads the next one's tiles while it finishes the last. SAGE_CUDA_PERSISTENT chooses:
-        // `off` (default), `on` (one CTA per multiprocessor) or a number of CTAs (tests use a few,
-        // so that every CTA goes through many items).
-        let items = p.seq_q.div_ceil(WGMMA_ROWS) * hq * b;
-        let ctas = self
-            .persistent
-            .clone()
-            .map_err(|reason| Error::param("SAGE_CUDA_PERSISTENT", reason))?;
-        let (name, grid) = if let Some(ctas) = ctas {
-            (
-                format!(
-                    "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}_persistent",
-                    dtype_suffix(p.dtype)
-                ),
-                items.min(ctas),
-            )
-        } else {
-            (
-                format!(
-                    "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}",
-                    dtype_suffix(p.dtype)
-                ),
-                items,
-            )
-        };
+        let name = format!(
+            "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}{}",
+            dtype_suffix(p.dtype),
+            form.suffix()
+        );
         self.launch_with(
             Module::AttnWgmma,
             &name,
-            [grid, 1, 1],
-            384,
-            wgmma_smem_bytes(dp, kvt) as u32,
+            [p.seq_q.div_ceil(form.rows()) * hq * b, 1, 1],
+            form.threads(),
+            wgmma_smem_bytes(dp, kvt, form) as u32,
             &maps,
             &args,
         )
@@ -1355,13 +1426,22 @@ mod tests {
     }
 
     #[test]
-    fn persistent_setting_parses_or_says_why() {
-        assert_eq!(persistent_ctas(None, 132), Ok(None));
-        assert_eq!(persistent_ctas(Some("off"), 132), Ok(None));
-        assert_eq!(persistent_ctas(Some("on"), 132), Ok(Some(132)));
-        assert_eq!(persistent_ctas(Some("3"), 132), Ok(Some(3)));
-        for bad in ["0", "-1", "yes", ""] {
-            assert!(persistent_ctas(Some(bad), 132).is_err(), "{bad}");
+    fn auto_form_takes_solo_for_short_d64_only() {
+        assert_eq!(auto_form(64, 8), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 1), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 9), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 8), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 128), WgmmaForm::Pair);
+    }
+
+    #[test]
+    fn wgmma_form_setting_parses_or_says_why() {
+        assert_eq!(wgmma_form_setting(None), Ok(None));
+        assert_eq!(wgmma_form_setting(Some("auto")), Ok(None));
+        assert_eq!(wgmma_form_setting(Some("pair")), Ok(Some(WgmmaForm::Pair)));
+        assert_eq!(wgmma_form_setting(Some("solo")), Ok(Some(WgmmaForm::Solo)));
+        for bad in ["on", "2", "Solo", ""] {
+            assert!(wgmma_form_setting(Some(bad)).is_err(), "{bad}");
         }
     }
 
@@ -1385,10 +1465,13 @@ mod tests {
 
     #[test]
     fn hopper_kernel_fits_shared_memory() {
-        // ABI.md's figure for the largest instantiation; sm_90 allows 227 KiB per block
-        assert_eq!(wgmma_smem_bytes(128, 128), 168_096);
+        // ABI.md's figures for the largest instantiations; sm_90 allows 227 KiB per block and 228 KiB
+        // per multiprocessor, 1 KiB of which each resident block reserves
+        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Pair), 152_720);
+        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Solo), 110_192);
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
-            assert!(wgmma_smem_bytes(dp, kvt) <= 227 * 1024);
+            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
+            assert!(2 * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024);
         }
     }
 
