@@ -499,7 +499,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sage kernels`: one line per (architecture, kernel file), `ok` and its size or the compiler's log.
+/// `sage kernels`: one line per (architecture, kernel file), `ok` and its size or the compiler's log,
+/// then ptxas's report on entries that spill or that it slowed down. The Hopper kernel must do neither:
+/// a serialized wgmma (ptxas C75xx) or a spill in its loop costs a large share of its speed, and only
+/// this report shows it without a GPU.
 fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
     let known = ["sm_80", "sm_86", "sm_89", "sm_90a"];
     let (major, minor) = sage_cuda::nvrtc::nvrtc_version()?;
@@ -514,14 +517,37 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
         }
         for module in sage_cuda::Module::ALL {
             let start = Instant::now();
-            match sage_cuda::nvrtc::compile(module, arch) {
-                Ok(cubin) => {
+            match sage_cuda::nvrtc::compile_with_report(module, arch) {
+                Ok((cubin, report)) => {
                     println!(
-                        "ok   {arch:<7} {:<14} {:>8} bytes  {:.1} s",
+                        "ok   {arch:<7} {:<14} {:>8} bytes  {:.1} s  {} entries, at most {} registers",
                         module.file(),
                         cubin.len(),
-                        start.elapsed().as_secs_f64()
+                        start.elapsed().as_secs_f64(),
+                        report.entries.len(),
+                        report
+                            .entries
+                            .iter()
+                            .map(|e| e.registers)
+                            .max()
+                            .unwrap_or(0)
                     );
+                    let strict = module == sage_cuda::Module::AttnWgmma;
+                    for e in &report.entries {
+                        if e.spill_bytes > 0 {
+                            println!("       {}: {} bytes of spill stores", e.name, e.spill_bytes);
+                        }
+                        for w in &e.performance_warnings {
+                            println!("       {w}");
+                        }
+                        if strict && (e.spill_bytes > 0 || !e.performance_warnings.is_empty()) {
+                            failed += 1;
+                            println!(
+                                "FAIL {arch:<7} {}: the Hopper kernel must neither spill nor serialize its wgmmas",
+                                e.name
+                            );
+                        }
+                    }
                     if let Some(dir) = out {
                         let io = |e: std::io::Error| Error::Io {
                             path: dir.display().to_string(),

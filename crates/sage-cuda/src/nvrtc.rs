@@ -220,6 +220,85 @@ fn options(arch: &str) -> Vec<String> {
 
 /// Compiles `module` for `arch` to a CUBIN with NVRTC, without the cache.
 pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
+    compile_logged(module, arch, &[]).map(|(cubin, _)| cubin)
+}
+
+/// Compiles `module` for `arch` as [`compile`] does, with ptxas's resource report: the CUBIN (the
+/// same bytes) and what ptxas said about each entry point ([`PtxasReport`]).
+pub fn compile_with_report(module: Module, arch: &str) -> Result<(Vec<u8>, PtxasReport)> {
+    compile_logged(module, arch, &["-Xptxas", "-v"])
+        .map(|(cubin, log)| (cubin, PtxasReport::parse(&log)))
+}
+
+/// What ptxas reported for one entry point.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryReport {
+    pub name: String,
+    pub registers: u32,
+    /// Bytes of spill stores (local memory the register allocator needed).
+    pub spill_bytes: u32,
+    /// ptxas's "Potential Performance Loss" notes about this entry (on Hopper: wgmma serialized).
+    pub performance_warnings: Vec<String>,
+}
+
+/// ptxas's `-v` report of one compilation, one entry per kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PtxasReport {
+    pub entries: Vec<EntryReport>,
+}
+
+impl PtxasReport {
+    /// Reads the `ptxas info` lines of an NVRTC log: "Compiling entry function 'NAME'" opens an
+    /// entry, then its spill and register lines; performance notes name their function.
+    pub fn parse(log: &str) -> Self {
+        let mut entries: Vec<EntryReport> = Vec::new();
+        let quoted = |line: &str| line.split('\'').nth(1).map(str::to_string);
+        let number_before = |line: &str, what: &str| -> Option<u32> {
+            let at = line.find(what)?;
+            line[..at].split_whitespace().last()?.parse().ok()
+        };
+        let mut notes = Vec::new();
+        // the function whose "Function properties" (stack and spills) follow: an entry, or a
+        // non-inlined device function, whose figures are not the entry's
+        let mut props_of = String::new();
+        for line in log.lines() {
+            if line.contains("Compiling entry function") {
+                if let Some(name) = quoted(line) {
+                    entries.push(EntryReport {
+                        name,
+                        ..EntryReport::default()
+                    });
+                }
+            } else if line.contains("Potential Performance Loss") {
+                // "... in the function 'NAME'"
+                if let Some(name) = line.rsplit('\'').nth(1) {
+                    notes.push((name.to_string(), line.trim().to_string()));
+                }
+            } else if let Some(at) = line.find("Function properties for ") {
+                props_of = line[at + "Function properties for ".len()..]
+                    .trim()
+                    .to_string();
+            } else if let Some(e) = entries.last_mut() {
+                if let Some(n) = number_before(line, "bytes spill stores")
+                    && props_of == e.name
+                {
+                    e.spill_bytes = n;
+                }
+                if let Some(n) = number_before(line, "registers") {
+                    e.registers = n;
+                }
+            }
+        }
+        for (name, note) in notes {
+            if let Some(e) = entries.iter_mut().find(|e| e.name == name) {
+                e.performance_warnings.push(note);
+            }
+        }
+        PtxasReport { entries }
+    }
+}
+
+fn compile_logged(module: Module, arch: &str, extra: &[&str]) -> Result<(Vec<u8>, String)> {
     use cudarc::nvrtc::sys;
     ensure_nvrtc()?;
     let kernel = module.file().to_string();
@@ -231,6 +310,7 @@ pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
     let name = CString::new(kernel.clone()).map_err(|e| compile_err(e.to_string()))?;
     let opts: Vec<CString> = options(arch)
         .into_iter()
+        .chain(extra.iter().map(|o| o.to_string()))
         .map(CString::new)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| compile_err(e.to_string()))?;
@@ -273,7 +353,7 @@ pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
                 let mut cubin = vec![0u8; size];
                 let r = sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char);
                 if r == sys::nvrtcResult::NVRTC_SUCCESS {
-                    Ok(cubin)
+                    Ok((cubin, log))
                 } else {
                     Err(compile_err(format!("nvrtcGetCUBIN: {r:?}")))
                 }
@@ -324,4 +404,41 @@ pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
         }
     }
     Ok(cubin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_report_names_spills_and_serialized_wgmma_per_entry() {
+        let log = "\
+ptxas info    : (C7520) Potential Performance Loss: wgmma.mma_async instructions are serialized due to program dependence on compiler-inserted WG.AR in divergent path in the function 'k_solo'
+ptxas info    : Function properties for helper
+ptxas         .     16 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads
+ptxas info    : Compiling entry function 'k_solo' for 'sm_90a'
+ptxas info    : Function properties for k_solo
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 255 registers, used 4 barriers
+ptxas info    : Compiling entry function 'k_pair' for 'sm_90a'
+ptxas info    : Function properties for k_pair
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 168 registers, used 16 barriers, 8 bytes cumulative stack size
+";
+        let r = PtxasReport::parse(log);
+        assert_eq!(r.entries.len(), 2);
+        let (solo, pair) = (&r.entries[0], &r.entries[1]);
+        assert_eq!(
+            (solo.name.as_str(), solo.registers, solo.spill_bytes),
+            ("k_solo", 255, 0)
+        );
+        assert_eq!(solo.performance_warnings.len(), 1);
+        assert!(solo.performance_warnings[0].contains("C7520"));
+        assert_eq!(
+            (pair.name.as_str(), pair.registers, pair.spill_bytes),
+            ("k_pair", 168, 4)
+        );
+        assert!(pair.performance_warnings.is_empty());
+        assert_eq!(PtxasReport::parse(""), PtxasReport::default());
+    }
 }
