@@ -166,6 +166,42 @@ SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const flo
     }
 }
 
+// A consumer's outputs (rows of RB bytes) into shared memory at `stage`, 16-byte chunks XOR-swizzled
+// with the row (mod 8) so that the 8 rows of a warp's store land in different banks.
+template <class OUT, int CT, int RB, bool HAS_VM, class SOFTMAX>
+SAGE_DEVICE void stage_outputs(const float (&o)[CT * 4], const SOFTMAX& sm, const float* svp, const float* vmp,
+                               unsigned char* stage) {
+    typedef typename OUT::T OutT;
+    // The lane's place from a fresh read of %tid.x: a value derived before the KV loop and kept for
+    // this would be one register more through the loop (ptxas spilled it).
+    u32 tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    const int warp = (int)(tid % WG_THREADS) / 32, g = (int)(tid % 32) / 4, t = (int)tid % 4;
+    float inv_l[2];
+    row_inverses<true>(sm, inv_l);
+    unsigned char* rows = stage + (warp * 16 + g) * RB;  // row g; row g + 8 is 8 RB further
+#pragma unroll
+    for (int ct = 0; ct < CT; ++ct) {
+        float sv[2], vmv[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            sv[e] = svp[8 * ct + 2 * t + e];
+            vmv[e] = HAS_VM ? vmp[8 * ct + 2 * t + e] : 0.0f;
+        }
+        const int byte = (8 * ct + 2 * t) * (int)sizeof(OutT);
+        unsigned char* at = rows + ((byte >> 4) ^ g) * 16 + (byte & 15);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            OutT v[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                v[e] = out_value<OUT, true, true>(o[4 * ct + 2 * r + e], sm.l[r], inv_l[r], sv[e],
+                                                  HAS_VM ? vmp : nullptr, vmv[e]);
+            store_pair((OutT*)(at + 8 * r * RB), v[0], v[1]);
+        }
+    }
+}
+
 template <int DP, int KVT, int NC, class OUT>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
@@ -499,36 +535,17 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     }
     // The consumer's 64 x DP outputs are written into the K/V ring, free once every consumer is past
     // its last P V, then copied out a 16-byte chunk per thread and step: whole rows per warp instead of
-    // a lane's two channels of 8 rows per store. Measured at N = 1024, where every CTA's epilogue
-    // counts: BENCHMARKS.md, session 7. Rows of RB bytes, their 16-byte chunks XOR-swizzled with the
-    // row (mod 8) so that the 8 rows of a store land in different banks.
+    // a lane's two channels of 8 rows per store (half of each 32-byte sector). BENCHMARKS.md, session 7.
     constexpr int RB = DP * (int)sizeof(OutT);
     static_assert(NC * 64 * RB <= F::STAGES * (L::K_BYTES + L::V_BYTES), "staging fits in the ring");
     named_sync(WG_BAR_EPI, NC * WG_THREADS);
     unsigned char* stage = base_ptr + L::K_OFF + cw * 64 * RB;
-    {
-        float inv_l[2];
-        row_inverses<true>(sm, inv_l);
-#pragma unroll
-        for (int ct = 0; ct < CT; ++ct) {
-            float sv[2], vmv[2];
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                sv[e] = svp[8 * ct + 2 * t + e];
-                vmv[e] = vmp != nullptr ? vmp[8 * ct + 2 * t + e] : 0.0f;
-            }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                OutT v[2];
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-                    v[e] = out_value<OUT, true, true>(o[4 * ct + 2 * r + e], sm.l[r], inv_l[r], sv[e], vmp, vmv[e]);
-                const int row = warp * 16 + g + 8 * r;
-                const int byte = (8 * ct + 2 * t) * (int)sizeof(OutT);
-                store_pair((OutT*)(stage + row * RB + ((byte >> 4) ^ g) * 16 + (byte & 15)), v[0], v[1]);
-            }
-        }
-    }
+    // one instantiation with vm and one without, so the path taken is straight-line code: the
+    // epilogue runs cold in every CTA, and instruction fetch was its largest stall (session 7)
+    if (vmp != nullptr)
+        stage_outputs<OUT, CT, RB, true>(o, sm, svp, vmp, stage);
+    else
+        stage_outputs<OUT, CT, RB, false>(o, sm, svp, nullptr, stage);
     named_sync(WG_BAR_OWN + cw, WG_THREADS);
     constexpr int CHUNKS = RB / 16;
     const int q_rows = item().qt * F::Q_TILE + 64 * cw;
