@@ -73,8 +73,9 @@ struct __align__(64) TmaMap {
 // is a row, as the host's tensor maps write it.
 __host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes == 128 ? 1u : 2u; }
 
-// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS | sv, vm. The
-// host asks for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns the base.
+// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS |
+// sv, vm. The host asks for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns
+// the base.
 template <int DP, int KVT, int NC>
 struct WgSmem {
     typedef WgForm<NC> F;
@@ -91,6 +92,7 @@ struct WgSmem {
     // the epilogue's sv and vm of the item's head (16-byte aligned for the bulk copy)
     static constexpr int EPI_OFF = DS_OFF + 4 * NC * 2 * KVT;
     static constexpr int BYTES = EPI_OFF + 4 * 2 * DP;
+    static_assert(EPI_OFF % 16 == 0, "bulk copies need 16-byte aligned destinations");
     static constexpr u32 QK_SWIZZLE = swizzle_mode(DP);
     static constexpr u32 V_SWIZZLE = swizzle_mode(KVT);
 };
@@ -349,16 +351,16 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         if (issuer && j + STAGES < n_tiles) {
             const int s = slot(j);
             mbar_wait(k_empty(s), phase(j));
-            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, (int)(item().khead * nk_pad + (j + STAGES) * KVT),
-                           k_full(s), L::K_BYTES);
+            const int row = (int)(item().khead * nk_pad + (j + STAGES) * KVT);
+            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, row, k_full(s), L::K_BYTES);
         }
     };
     auto refill_v = [&](int j) {
         if (issuer && j + STAGES < n_tiles) {
             const int s = slot(j);
             mbar_wait(v_empty(s), phase(j));
-            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, (int)(item().khead * DP),
-                           v_full(s), L::V_BYTES);
+            const int row = (int)(item().khead * DP);
+            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, row, v_full(s), L::V_BYTES);
         }
     };
     // A slot this consumer does not compute on: wait for it to land, hand it back.
