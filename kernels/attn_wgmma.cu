@@ -169,7 +169,8 @@ SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const flo
 }
 
 // A consumer's outputs (rows of RB bytes) into shared memory at `stage`, 16-byte chunks XOR-swizzled
-// with the row (mod 8) so that the 8 rows of a warp's store land in different banks.
+// with the row (mod 8) so that the 8 rows of a warp's store land in different banks (16-bit outputs;
+// f32's 8-byte stores still meet 2-way conflicts in each half-warp).
 template <class OUT, int CT, int RB, bool HAS_VM, class SOFTMAX>
 SAGE_DEVICE void stage_outputs(const float (&o)[CT * 4], const SOFTMAX& sm, const float* svp, const float* vmp,
                                unsigned char* stage) {
@@ -512,8 +513,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         merge_block(o, f, alpha_prev);
         if (my_tiles < n_tiles) release_k(my_tiles);
     }
-    // Past this warpgroup's last visible key (causal, pair form): nothing to compute, but the slots are
-    // released in order like any other, or the ring's phases would slip.
+    // Past this warpgroup's last visible key (pair form: causal, or rows past Nq): nothing to compute,
+    // but the slots are released in order like any other, or the ring's phases would slip.
     for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
         if (j < n_tiles) release_k(j);
         if (j >= 1) release_v(j - 1);

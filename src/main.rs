@@ -548,6 +548,23 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
                             );
                         }
                     }
+                    for (f, bytes) in &report.callee_spills {
+                        println!(
+                            "       {f} (called by the entries): {bytes} bytes of spill stores"
+                        );
+                    }
+                    for w in &report.other_warnings {
+                        println!("       {w}");
+                    }
+                    if strict
+                        && (!report.callee_spills.is_empty() || !report.other_warnings.is_empty())
+                    {
+                        failed += 1;
+                        println!(
+                            "FAIL {arch:<7} {}: the Hopper kernel must neither spill nor serialize its wgmmas",
+                            module.file()
+                        );
+                    }
                     if let Some(dir) = out {
                         let io = |e: std::io::Error| Error::Io {
                             path: dir.display().to_string(),
@@ -568,8 +585,8 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
     }
     if failed > 0 {
         return Err(Error::Compile {
-            kernel: format!("{failed} kernel file(s)"),
-            log: "see above".into(),
+            kernel: "sage kernels".into(),
+            log: format!("{failed} check(s) failed (the FAIL lines above)"),
         });
     }
     Ok(())

@@ -20,7 +20,10 @@ fn hopper_solo_form_keeps_two_blocks_per_sm() {
     }
     for (name, n) in &blocks {
         println!("{name}: {n} blocks per SM");
-        let want = if name.ends_with("_solo") { 2 } else { 1 };
-        assert_eq!(*n, want, "{name}");
+        if name.ends_with("_solo") {
+            assert!(*n >= 2, "{name}: {n} blocks per SM");
+        } else {
+            assert_eq!(*n, 1, "{name}");
+        }
     }
 }

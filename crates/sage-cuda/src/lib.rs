@@ -150,20 +150,20 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<Option<WgmmaFo
     }
 }
 
-/// The form for head dim `dp` (padded) and a KV loop of `kv_tiles` tiles. Measured on an H200
-/// (BENCHMARKS.md, session 7): solo is 5-7 % faster at D = 64 with 8 KV tiles of 128 keys (N = 1024,
-/// causal or not), equal at D = 128 and N = 1024, and 3-12 % slower at N >= 4096, where a pair CTA's
-/// two consumers share every K/V tile it loads.
-fn auto_form(dp: usize, kv_tiles: usize) -> WgmmaForm {
-    if dp == 64 && kv_tiles <= SOLO_MAX_KV_TILES {
+/// The form for head dim `dp` (padded) and `seq_k` keys. Measured on an H200 (BENCHMARKS.md,
+/// session 7, kv_block 128): solo is 5-7 % faster at D = 64 with 1024 keys (causal or not), equal at
+/// D = 128 and 1024 keys, and 3-12 % slower from 4096 keys on, where a pair CTA's two consumers share
+/// every K/V tile it loads. Not measured at kv_block 64 (the same key threshold is applied).
+fn auto_form(dp: usize, seq_k: usize) -> WgmmaForm {
+    if dp == 64 && seq_k <= SOLO_MAX_KEYS {
         WgmmaForm::Solo
     } else {
         WgmmaForm::Pair
     }
 }
 
-/// The longest KV loop (in KV tiles) that [`auto_form`] gives the solo form.
-const SOLO_MAX_KV_TILES: usize = 8;
+/// The longest key sequence that [`auto_form`] gives the solo form.
+const SOLO_MAX_KEYS: usize = 1024;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo]`: the Q tile, K and V rings,
 /// mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm, and 1024 bytes for the kernel to align its
@@ -490,6 +490,8 @@ impl CudaBackend {
                 smem as i32,
             )
             .map_err(|e| driver_error(name, e))?;
+        }
+        if smem > 48 * 1024 || module == Module::AttnWgmma {
             // all of the unified L1 as shared memory, so that as many blocks fit as their shared
             // memory allows (the Hopper kernel's solo form needs two per multiprocessor)
             f.set_attribute(
@@ -650,7 +652,7 @@ impl CudaBackend {
             .wgmma_form
             .clone()
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
-            .unwrap_or_else(|| auto_form(dp, p.seq_k.div_ceil(kvt)));
+            .unwrap_or_else(|| auto_form(dp, p.seq_k));
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -1427,11 +1429,11 @@ mod tests {
 
     #[test]
     fn auto_form_takes_solo_for_short_d64_only() {
-        assert_eq!(auto_form(64, 8), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 1024), WgmmaForm::Solo);
         assert_eq!(auto_form(64, 1), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 9), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 8), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 128), WgmmaForm::Pair);
+        assert_eq!(auto_form(64, 1025), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 1024), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 16384), WgmmaForm::Pair);
     }
 
     #[test]

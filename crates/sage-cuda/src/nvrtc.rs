@@ -245,6 +245,11 @@ pub struct EntryReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PtxasReport {
     pub entries: Vec<EntryReport>,
+    /// Non-inlined device functions that spill, as (name, bytes of spill stores): their spills
+    /// happen inside whichever entry calls them.
+    pub callee_spills: Vec<(String, u32)>,
+    /// Performance notes that name no entry of this compilation (or no function at all).
+    pub other_warnings: Vec<String>,
 }
 
 impl PtxasReport {
@@ -258,6 +263,7 @@ impl PtxasReport {
             line[..at].split_whitespace().last()?.parse().ok()
         };
         let mut notes = Vec::new();
+        let mut callee_spills = Vec::new();
         // the function whose "Function properties" (stack and spills) follow: an entry, or a
         // non-inlined device function, whose figures are not the entry's
         let mut props_of = String::new();
@@ -271,30 +277,36 @@ impl PtxasReport {
                 }
             } else if line.contains("Potential Performance Loss") {
                 // "... in the function 'NAME'"
-                if let Some(name) = line.rsplit('\'').nth(1) {
-                    notes.push((name.to_string(), line.trim().to_string()));
-                }
+                let name = line.rsplit('\'').nth(1).unwrap_or_default();
+                notes.push((name.to_string(), line.trim().to_string()));
             } else if let Some(at) = line.find("Function properties for ") {
                 props_of = line[at + "Function properties for ".len()..]
                     .trim()
                     .to_string();
-            } else if let Some(e) = entries.last_mut() {
-                if let Some(n) = number_before(line, "bytes spill stores")
-                    && props_of == e.name
-                {
-                    e.spill_bytes = n;
+            } else if let Some(n) = number_before(line, "bytes spill stores") {
+                match entries.last_mut() {
+                    Some(e) if props_of == e.name => e.spill_bytes = n,
+                    _ if n > 0 => callee_spills.push((props_of.clone(), n)),
+                    _ => {}
                 }
-                if let Some(n) = number_before(line, "registers") {
-                    e.registers = n;
-                }
+            } else if let Some(e) = entries.last_mut()
+                && let Some(n) = number_before(line, "registers")
+            {
+                e.registers = n;
             }
         }
+        let mut other_warnings = Vec::new();
         for (name, note) in notes {
-            if let Some(e) = entries.iter_mut().find(|e| e.name == name) {
-                e.performance_warnings.push(note);
+            match entries.iter_mut().find(|e| e.name == name) {
+                Some(e) => e.performance_warnings.push(note),
+                None => other_warnings.push(note),
             }
         }
-        PtxasReport { entries }
+        PtxasReport {
+            entries,
+            callee_spills,
+            other_warnings,
+        }
     }
 }
 
@@ -439,6 +451,12 @@ ptxas info    : Used 168 registers, used 16 barriers, 8 bytes cumulative stack s
             ("k_pair", 168, 4)
         );
         assert!(pair.performance_warnings.is_empty());
+        assert_eq!(r.callee_spills, vec![("helper".to_string(), 12)]);
+        assert!(r.other_warnings.is_empty());
+        let stray = PtxasReport::parse(
+            "ptxas info    : (C7514) Potential Performance Loss: wgmma serialized in the function 'gone'\n",
+        );
+        assert_eq!(stray.other_warnings.len(), 1);
         assert_eq!(PtxasReport::parse(""), PtxasReport::default());
     }
 }
