@@ -273,13 +273,16 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         bulk_load(base + L::EPI_OFF, v_scales + at, 4 * DP, epi_full);
         if (vm != nullptr) bulk_load(base + L::EPI_OFF + 4 * DP, vm + at, 4 * DP, epi_full);
     };
+    // KV tile j's box: K rows of the head's padded codes, V^T columns (its rows are the head's DP).
+    auto k_row = [&](int j) { return (int)(item().khead * nk_pad + j * KVT); };
+    auto v_row = [&]() { return (int)(item().khead * DP); };
     auto load_k = [&](int j, int s) {
         mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
-        tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, (int)(item().khead * nk_pad + j * KVT), k_full(s));
+        tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, k_row(j), k_full(s));
     };
     auto load_v = [&](int j, int s) {
         mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
-        tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, (int)(item().khead * DP), v_full(s));
+        tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, v_row(), v_full(s));
     };
 
     if (tid == 0) {
@@ -352,16 +355,14 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         if (issuer && j + STAGES < n_tiles) {
             const int s = slot(j);
             mbar_wait(k_empty(s), phase(j));
-            const int row = (int)(item().khead * nk_pad + (j + STAGES) * KVT);
-            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, row, k_full(s), L::K_BYTES);
+            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, k_row(j + STAGES), k_full(s), L::K_BYTES);
         }
     };
     auto refill_v = [&](int j) {
         if (issuer && j + STAGES < n_tiles) {
             const int s = slot(j);
             mbar_wait(v_empty(s), phase(j));
-            const int row = (int)(item().khead * DP);
-            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, row, v_full(s), L::V_BYTES);
+            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, v_row(), v_full(s), L::V_BYTES);
         }
     };
     // A slot this consumer does not compute on: wait for it to land, hand it back.

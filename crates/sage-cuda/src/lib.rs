@@ -166,8 +166,8 @@ fn auto_form(dp: usize, seq_k: usize) -> WgmmaForm {
 const SOLO_MAX_KEYS: usize = 1024;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo]`: the Q tile, K and V rings,
-/// mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm, and 1024 bytes for the kernel to align its
-/// base (ABI.md, `WgSmem` in attn_wgmma.cu).
+/// mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm, and 1024 bytes
+/// for the kernel to align its base (ABI.md, `WgSmem` in attn_wgmma.cu).
 fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
     let (stages, nc) = (form.stages(), form.consumers());
     form.rows() * dp
@@ -383,17 +383,9 @@ impl CudaBackend {
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
             for form in [WgmmaForm::Pair, WgmmaForm::Solo] {
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
-                let f = self.function(Module::AttnWgmma, &name)?;
                 let smem = wgmma_smem_bytes(dp, kvt, form);
-                let attr = |a, v: i32| f.set_attribute(a, v).map_err(|e| driver_error(&name, e));
-                attr(
-                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )?;
-                attr(
-                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                    100,
-                )?;
+                // set up as launch_with does, so the figure is the one launches get
+                let f = self.function_for(Module::AttnWgmma, &name, smem as u32)?;
                 let blocks = f
                     .occupancy_max_active_blocks_per_multiprocessor(form.threads(), smem, None)
                     .map_err(|e| driver_error(&name, e))?;
@@ -462,6 +454,26 @@ impl CudaBackend {
         self.launch_with(module, name, grid, block, 0, &[], args)
     }
 
+    /// Entry `name` of `module`, set up for `smem` bytes of dynamic shared memory: the limit raised
+    /// past 48 KiB where needed, and all of the unified L1 as shared memory for the large ones and
+    /// the Hopper kernel, so that as many blocks fit as their shared memory allows (the Hopper
+    /// kernel's solo form needs two per multiprocessor).
+    fn function_for(&self, module: Module, name: &str, smem: u32) -> Result<CudaFunction> {
+        use sys::CUfunction_attribute_enum as A;
+        let f = self.function(module, name)?;
+        let set = |a, v: i32| f.set_attribute(a, v).map_err(|e| driver_error(name, e));
+        if smem > 48 * 1024 {
+            set(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        if smem > 48 * 1024 || module == Module::AttnWgmma {
+            set(A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)?;
+        }
+        Ok(f)
+    }
+
     /// `launch` with `smem` bytes of dynamic shared memory and tensor maps before the other arguments.
     #[allow(clippy::too_many_arguments)]
     fn launch_with(
@@ -483,23 +495,7 @@ impl CudaBackend {
                 feature: format!("a grid of {grid:?} blocks for {name}"),
             });
         }
-        let f = self.function(module, name)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(|e| driver_error(name, e))?;
-        }
-        if smem > 48 * 1024 || module == Module::AttnWgmma {
-            // all of the unified L1 as shared memory, so that as many blocks fit as their shared
-            // memory allows (the Hopper kernel's solo form needs two per multiprocessor)
-            f.set_attribute(
-                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                100,
-            )
-            .map_err(|e| driver_error(name, e))?;
-        }
+        let f = self.function_for(module, name, smem)?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut builder = self.stream.launch_builder(&f);
         for m in maps {
