@@ -555,9 +555,9 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
     let cpu = CpuBackend::new();
     let mut salt = 5000u64;
     let mut cases: Vec<Case> = matrix().into_iter().step_by(2).collect();
-    // long K/V: a GPU may split the tokens into blocks of several tiles (CUDA's fused K/V kernels
-    // give each CTA of a cluster 4 of 18 tiles here, the last ones short), and the means must still
-    // be the CPU's pairwise ones
+    // long K/V: a GPU may split the tokens into blocks of several tiles (CUDA's kv_stats_blocks sums
+    // up to 8 tiles per CTA on large problems, the last block short), and the means must still be the
+    // CPU's pairwise ones
     for (seq_k, head_dim, dtype, layout) in [
         (2200, 128, DType::BF16, Layout::Nhd),
         (1500, 64, DType::F32, Layout::Hnd),
