@@ -698,6 +698,159 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
     store_codes<DP>(x, warp, rl, qmax, gran, true, s_ginv, codes + (head * npad + t0) * row_bytes);
 }
 
+// ---- quantize_q_rows: Step 3 for Q alone, the common case ------------------------------------------
+// quantize_q's body carries smooth_q, the rotation, q.km and every input type, and holds its rows as
+// f32 in 128 registers: two CTAs per multiprocessor, latency-bound at half the memory bandwidth
+// (kernels/NOTES.md, sessions 6-8). Without those options (16-bit input, INT8 codes, D = Dp, 16-byte
+// aligned rows: the host checks, ABI.md) the codes need no f32 copy of a row: the group absmax is an
+// integer max on the 16-bit patterns (non-negative floats order as unsigned integers, Inf and NaN on
+// top), and each value is converted once, to be scaled and rounded. So a thread takes half a row
+// as packed 16-bit values.
+//
+// CTA: 256 threads, `tpc` consecutive 128-token tiles of one head, each copied into shared memory
+// (cp.async, two buffers: tile t+1's copy runs under tile t's work) as rows of 2 DP bytes whose
+// 16-byte chunk c sits at c ^ (row % 8): eight lanes read eight rows' chunk from eight different
+// banks. Warp w holds rows 32 (w % 4) .. + 31, channel half w / 4: a 32-token group block is a warp's
+// rows, so per-thread subgroups (rows r % 8) and per-warp groups reduce by shuffles, then with the
+// warp of the other half (w ^ 4) and, for per-block groups (128 tokens), across the tile, through
+// shared memory. Codes, scales and the non-finite flag are quantize_q's exactly (the same
+// quant_scale / quant_inv; rint(fl(x * inv)) as below).
+#define QROWS_THREADS 256
+
+// Unsigned max (the integer max of non-negative float bit patterns).
+SAGE_DEVICE u32 max_u32(u32 a, u32 b) { return a > b ? a : b; }
+
+// The f16 / bf16 patterns at or above which |x| is Inf or NaN.
+SAGE_DEVICE u32 inf_bits16(DtF16) { return 0x7c00u; }
+SAGE_DEVICE u32 inf_bits16(DtBF16) { return 0x7f80u; }
+
+// rint(x * inv) as the low byte of a float: x * inv rounded first (as __fmul_rn in quantize_q), then
+// adding 1.5 * 2^23 rounds it to an integer, half to even, exactly as __float2int_rn does for
+// |v| < 2^22 (here |v| <= 127: |x| <= amax). The integer's two's-complement byte is the float's low
+// byte, and no clamp is needed. It keeps 16K codes per tile off the quarter-rate conversion unit.
+SAGE_DEVICE u32 code_bits(float x, float inv) { return __float_as_uint(__fadd_rn(__fmul_rn(x, inv), 12582912.0f)); }
+SAGE_DEVICE u32 pack_code_bytes(u32 a, u32 b, u32 c, u32 d) {
+    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
+// Copies tile rows t0 .. t0+127 (those < N) of a head into `buf` (the swizzled layout above).
+template <class DT, int DP>
+SAGE_DEVICE void stage_q_rows(const typename DT::T* base, i64 sn, int N, int t0, u32 buf) {
+    constexpr int CPR = DP / 8;  // 16-byte chunks per row
+#pragma unroll
+    for (int u = 0; u < QUANT_TOKENS * CPR / QROWS_THREADS; ++u) {
+        const int i = threadIdx.x + u * QROWS_THREADS;
+        const int r = i / CPR, c = i % CPR;
+        if (t0 + r < N) cp_async_16(buf + r * 2 * DP + ((c ^ (r % 8)) * 16), base + (i64)(t0 + r) * sn + 8 * c);
+    }
+    cp_async_commit();
+}
+
+// Byte offset of 16-byte code chunk c of tile row r (DP-byte rows): XOR-swizzled so that the eight
+// rows that eight lanes write at once fall in eight different banks.
+template <int DP>
+SAGE_DEVICE int code_slot(int r, int c) {
+    return DP == 128 ? r * 128 + ((c ^ (r % 8)) * 16) : r * 64 + ((c ^ ((r / 2) % 4)) * 16);
+}
+
+template <class DT, int DP>
+SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int gran,
+                                 u8* codes, float* scales, int* nonfinite, int tpc, unsigned char* smem) {
+    constexpr int CH = DP / 16;  // 16-byte chunks of a half row
+    constexpr int TILE_BYTES = QUANT_TOKENS * DP * 2;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
+    const int half = w / 4, row = 32 * (w % 4) + l;
+    const i64 head = (i64)b * H + h;
+    const typename DT::T* base = q + (i64)b * sb + (i64)h * sh;
+    const int ntiles = ceil_div(N, QUANT_TOKENS), npad = ntiles * QUANT_TOKENS;
+    const int first = blockIdx.x * tpc, last = min(first + tpc, ntiles);
+    const int total = q_scale_groups(gran, N);
+    u32* part = (u32*)(smem + 2 * TILE_BYTES);  // each thread's half-row group max, then per warp
+    u32* block_max = part + QROWS_THREADS;
+    const u32 buf0 = smem_addr(smem);
+    if (first < last) stage_q_rows<DT, DP>(base, sn, N, first * QUANT_TOKENS, buf0);
+    for (int t = first; t < last; ++t) {
+        const int t0 = t * QUANT_TOKENS;
+        const int slot = (t - first) % 2;
+        if (t + 1 < last) {
+            stage_q_rows<DT, DP>(base, sn, N, t0 + QUANT_TOKENS, buf0 + (1 - slot) * TILE_BYTES);
+            cp_async_wait_group<1>();
+        } else {
+            cp_async_wait_all();
+        }
+        __syncthreads();
+        const bool valid = t0 + row < N;  // rows past N are zeros: codes 0, no amax
+        u32 x[CH][4];
+        const unsigned char* rp = smem + slot * TILE_BYTES + row * 2 * DP;
+#pragma unroll
+        for (int k = 0; k < CH; ++k) {
+            const U32x4 v = *(const U32x4*)(rp + (((half * CH + k) ^ (row % 8)) * 16));
+            x[k][0] = valid ? v.x : 0u;
+            x[k][1] = valid ? v.y : 0u;
+            x[k][2] = valid ? v.z : 0u;
+            x[k][3] = valid ? v.w : 0u;
+        }
+        u32 m2 = 0u;
+#pragma unroll
+        for (int k = 0; k < CH; ++k)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) m2 = __vmaxu2(m2, x[k][e] & 0x7fff7fffu);
+        u32 gm = max_u32(m2 & 0xffffu, m2 >> 16);
+        if (gm >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + row);
+        // the group's absmax: per-thread subgroups are lanes l, l^8, l^16, l^24 (rows r % 8 of the
+        // warp's 32-token block), per-warp groups the warp, per-block groups the tile; then the other
+        // half of the same rows (warp w ^ 4)
+        if (gran != GRAN_PER_THREAD) {
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
+        }
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+        part[tid] = gm;
+        __syncthreads();
+        gm = max_u32(gm, part[tid ^ 128]);
+        if (gran == GRAN_PER_BLOCK) {
+            if (l == 0) block_max[w] = gm;
+            __syncthreads();
+            gm = max_u32(max_u32(block_max[0], block_max[1]), max_u32(block_max[2], block_max[3]));
+        }
+        const float amax = DT::load((u16)gm);
+        const int group = q_scale_group(gran, t0 + row);
+        // one writer per group: lane g of a per-thread block, lane 0 of a per-warp one, thread 0 of
+        // a per-block one; groups exist from the first token of their block on
+        const bool writer = half == 0 && (gran == GRAN_PER_THREAD ? l < 8 : (gran == GRAN_PER_WARP ? l == 0 : w == 0 && l == 0));
+        if (writer && group < total) scales[head * total + group] = quant_scale(amax, 127);
+        const float inv = quant_inv(amax, 127);
+        // The codes go into the tile's buffer (every thread holds its values since the barrier
+        // above), then out in whole rows: a lane's own 16-byte pieces of 32 rows per store
+        // instruction wrote half sectors. Code chunk c of row r sits at slot code_slot(r, c).
+        unsigned char* ctile = smem + slot * TILE_BYTES;
+#pragma unroll
+        for (int m = 0; m < CH / 2; ++m) {
+            u32 word[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const u32 a = x[2 * m + k / 2][2 * (k % 2)], c = x[2 * m + k / 2][2 * (k % 2) + 1];
+                word[k] = pack_code_bytes(code_bits(DT::load((u16)(a & 0xffffu)), inv),
+                                          code_bits(DT::load((u16)(a >> 16)), inv),
+                                          code_bits(DT::load((u16)(c & 0xffffu)), inv),
+                                          code_bits(DT::load((u16)(c >> 16)), inv));
+            }
+            *(U32x4*)(ctile + code_slot<DP>(row, half * (CH / 2) + m)) = U32x4{word[0], word[1], word[2], word[3]};
+        }
+        __syncthreads();
+        u8* dst = codes + (head * npad + t0) * DP;
+#pragma unroll
+        for (int u = 0; u < QUANT_TOKENS * DP / 16 / QROWS_THREADS; ++u) {
+            const int i = tid + u * QROWS_THREADS, r = i / (DP / 16), c = i % (DP / 16);
+            *(U32x4*)(dst + r * DP + 16 * c) = *(const U32x4*)(ctile + code_slot<DP>(r, c));
+        }
+        __syncthreads();  // the buffer is restaged two tiles on; part and block_max are reused
+    }
+}
+
 // ---- quantize_v_e4m3 / quantize_v_f16: Step 7 ----------------------------------------------------
 // The V tile goes out transposed, V^T [B, H, Dp, Npad], through shared memory: each lane writes its
 // 8 channels of a key into 8 channel rows of the tile. Row c of the shared tile is stored rotated by
@@ -918,6 +1071,21 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
 
+// quantize_q_rows_{f16|bf16}: grid (ceil(ceil(N / 128) / tpc), H, B), 256 threads, dynamic shared
+// memory 2 * 128 * 2 * Dp + 1056 bytes (ABI.md).
+#define SAGE_QROWS_ENTRY(SUFFIX, DT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(QROWS_THREADS, 2)                                          \
+        quantize_q_rows_##SUFFIX(const DT::T* q, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
+                                 int Dp, int granularity, u8* codes, float* scales, int* nonfinite, int tpc) { \
+        SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
+        if (Dp == 128)                                                                                    \
+            quantize_q_rows<DT, 128>(q, stride_b, stride_h, stride_n, H, N, granularity, codes, scales,    \
+                                     nonfinite, tpc, s_dyn);                                              \
+        else                                                                                              \
+            quantize_q_rows<DT, 64>(q, stride_b, stride_h, stride_n, H, N, granularity, codes, scales,     \
+                                    nonfinite, tpc, s_dyn);                                               \
+    }
+
 // The staged quantize_* kernels: the CTA's tiles in turn (for_each_tile), each through `FN`.
 #define SAGE_TILES(DT, DPV, X, BODY)                                                                        \
     {                                                                                                     \
@@ -951,9 +1119,11 @@ extern "C" __global__ void __launch_bounds__(MAX_DP)
 
 #ifdef SAGE_WANT_F16
 SAGE_QUANT_ENTRIES(f16, DtF16)
+SAGE_QROWS_ENTRY(f16, DtF16)
 #endif
 #ifdef SAGE_WANT_BF16
 SAGE_QUANT_ENTRIES(bf16, DtBF16)
+SAGE_QROWS_ENTRY(bf16, DtBF16)
 #endif
 #ifdef SAGE_WANT_F32
 SAGE_QUANT_ENTRIES(f32, DtF32)

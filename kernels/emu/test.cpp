@@ -268,6 +268,23 @@ static void run_case(const Case& cs) {
             else
                 quantize_q_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0], EMU_TPC);
         });
+        // 6': quantize_q_rows where the host would take it (16-bit input, INT8 codes, D = Dp, no
+        // smooth_q / rotation): codes, scales and flag must equal quantize_q's bit for bit
+        if (cs.dt != F32 && qmax == 127 && D == Dp && !p.smooth_q && !p.rotate) {
+            std::vector<u8> rc(q_codes.size(), 0xAA);
+            std::vector<float> rs(q_scales.size(), -1.0f);
+            int rflag = INT_MAX;
+            emu_launch({(unsigned)(((Nq + 127) / 128 + EMU_TPC - 1) / EMU_TPC), (unsigned)Hq, (unsigned)B}, {256, 1, 1}, [&] {
+                if (cs.dt == F16)
+                    quantize_q_rows_f16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, Dp, gran, rc.data(), rs.data(), &rflag, EMU_TPC);
+                else
+                    quantize_q_rows_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, Dp, gran, rc.data(), rs.data(), &rflag, EMU_TPC);
+            });
+            const bool same_codes = rc == q_codes;
+            const bool same_scales = memcmp(rs.data(), q_scales.data(), rs.size() * 4) == 0;
+            printf("    quantize_q_rows: codes %s, scales %s\n", same_codes ? "identical" : "DIFFER", same_scales ? "identical" : "DIFFER");
+            CHECK(same_codes && same_scales && rflag == nonfinite[0], "quantize_q_rows equals quantize_q");
+        }
         // 7 (quantize_v_f16 takes one tile per CTA, quantize_v_e4m3 QUANT_TPC)
         emu_launch({(unsigned)(fp8 ? ((Nk + 127) / 128 + EMU_TPC - 1) / EMU_TPC : (Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
             const float* vmp = p.smooth_v ? vm.data() : nullptr;

@@ -769,8 +769,13 @@ pub fn bad_inputs(backend: &dyn AttentionBackend) {
         ),
         &|e| matches!(e, Error::InvalidParam { .. }),
     );
-    // Non-finite values: named by tensor, head and token, in every quantized mode.
-    for mode in [Mode::Int4Fp8, Mode::Int8Fp8, Mode::Int8Fp16] {
+    // Non-finite values: named by tensor, head and token, in every quantized mode; f32 inputs with
+    // the log-sum-exp, bf16 without (a backend may quantize such calls by another path: CUDA's
+    // quantize_q_rows).
+    for (mode, dtype) in [Mode::Int4Fp8, Mode::Int8Fp8, Mode::Int8Fp16]
+        .into_iter()
+        .flat_map(|m| [(m, DType::F32), (m, DType::BF16)])
+    {
         if !backend.capabilities().modes.contains(&mode) {
             continue;
         }
@@ -786,7 +791,7 @@ pub fn bad_inputs(backend: &dyn AttentionBackend) {
                 &mut rng,
                 shape_q,
                 shape_kv,
-                DType::F32,
+                dtype,
                 Layout::Nhd,
                 Distribution::Normal,
             )
@@ -795,8 +800,7 @@ pub fn bad_inputs(backend: &dyn AttentionBackend) {
                 let mut vals = x.to_f32_hnd();
                 let s = x.shape();
                 vals[s.index(Layout::Hnd, batch, head, token, 5)] = bad;
-                Tensor::from_f32_hnd(&vals, s, DType::F32, Layout::Nhd)
-                    .unwrap_or_else(|e| panic!("{e}"))
+                Tensor::from_f32_hnd(&vals, s, dtype, Layout::Nhd).unwrap_or_else(|e| panic!("{e}"))
             };
             let (q, k, v) = match tensor {
                 "Q" => (poison(&q), k, v),
@@ -806,10 +810,11 @@ pub fn bad_inputs(backend: &dyn AttentionBackend) {
             let pm = AttentionParams {
                 mode,
                 smooth_v: true,
+                return_lse: dtype == DType::F32,
                 ..p
             };
             expect_err(
-                &format!("{bad} in {tensor} ({mode})"),
+                &format!("{bad} in {tensor} ({mode}, {dtype})"),
                 backend.attention(&q, &k, &v, &pm),
                 &|e| {
                     matches!(e, Error::NonFinite { tensor: t, batch: b, head: h, token: n, .. }

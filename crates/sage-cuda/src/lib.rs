@@ -55,6 +55,28 @@ fn stats_smem_bytes(dtype: DType) -> u32 {
     ring + 3 * 8 * 128 * 4
 }
 
+/// Dynamic shared memory of quantize_q_rows (quant.cu): two staged tiles of 16-bit rows, each
+/// thread's partial group maximum and one per warp.
+fn q_rows_smem_bytes(dp: usize) -> u32 {
+    (2 * QT * dp * 2 + 4 * Q_ROWS_THREADS as usize + 4 * 8) as u32
+}
+
+/// Threads of a quantize_q_rows CTA (`QROWS_THREADS`).
+const Q_ROWS_THREADS: u32 = 256;
+
+/// Whether quantize_q_rows can take Q's Step 3 (quant.cu): 16-bit input in a 16-byte aligned buffer
+/// (rows of D = Dp channels are then whole 16-byte chunks in both layouts), INT8 codes, no smooth_q,
+/// no rotation, no q . km (the log-sum-exp needs it).
+fn q_rows_case(p: &Problem, q_ptr: Arg) -> bool {
+    matches!(p.dtype, DType::F16 | DType::BF16)
+        && matches!(q_ptr, Arg::Ptr(a) if a % 16 == 0)
+        && p.head_dim == p.head_dim_padded
+        && p.mode.qk_qmax() == Some(127)
+        && !p.smooth_q
+        && !p.rotate
+        && !p.return_lse
+}
+
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -196,6 +218,8 @@ pub struct CudaBackend {
     /// The Hopper kernel's CTA form: `SAGE_CUDA_WGMMA_CTA` read once (`None`: per shape; a bad value
     /// is reported by the first call that would use it).
     wgmma_form: std::result::Result<Option<WgmmaForm>, String>,
+    /// Q's Step 3 by quantize_q_rows where it can (unless `SAGE_CUDA_Q_ROWS=0`, for comparisons).
+    q_rows: bool,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
 }
@@ -364,6 +388,7 @@ impl CudaBackend {
                 || std::env::var("SAGE_CUDA_POISON").is_ok_and(|v| v == "1"),
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
             wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
+            q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
             sms,
         })
     }
@@ -837,32 +862,58 @@ impl CudaBackend {
             256,
             &args,
         )?;
-        // Steps 2-3 for Q
-        let mut args = vec![self.ptr(q.0), qs[0], qs[1], qs[2]];
-        args.extend(dims(hq, nq));
-        args.extend([
-            Arg::I32(hk as i32),
-            self.ptr(&bufs.km),
-            opt(&bufs.qkm),
-            Arg::I32(p.smooth_q as i32),
-            opt(&bufs.qm),
-        ]);
-        args.extend([
-            gran,
-            Arg::I32(qmax),
-            Arg::I32(p.rotate as i32),
-            self.ptr(&bufs.q_codes),
-            self.ptr(&bufs.q_scales),
-            flag(0),
-            Arg::I32(tpc_q as i32),
-        ]);
-        self.launch(
-            Module::Quant,
-            &format!("quantize_q_{dt}"),
-            [nq.div_ceil(QT).div_ceil(tpc_q), hq, b],
-            256,
-            &args,
-        )?;
+        // Steps 2-3 for Q: quantize_q_rows where its case allows (quant.cu), else quantize_q
+        if self.q_rows && q_rows_case(p, self.ptr(q.0)) {
+            let args = [
+                self.ptr(q.0),
+                qs[0],
+                qs[1],
+                qs[2],
+                Arg::I32(hq as i32),
+                Arg::I32(nq as i32),
+                Arg::I32(dp as i32),
+                gran,
+                self.ptr(&bufs.q_codes),
+                self.ptr(&bufs.q_scales),
+                flag(0),
+                Arg::I32(tpc_q as i32),
+            ];
+            self.launch_with(
+                Module::Quant,
+                &format!("quantize_q_rows_{dt}"),
+                [nq.div_ceil(QT).div_ceil(tpc_q), hq, b],
+                Q_ROWS_THREADS,
+                q_rows_smem_bytes(dp),
+                &[],
+                &args,
+            )?;
+        } else {
+            let mut args = vec![self.ptr(q.0), qs[0], qs[1], qs[2]];
+            args.extend(dims(hq, nq));
+            args.extend([
+                Arg::I32(hk as i32),
+                self.ptr(&bufs.km),
+                opt(&bufs.qkm),
+                Arg::I32(p.smooth_q as i32),
+                opt(&bufs.qm),
+            ]);
+            args.extend([
+                gran,
+                Arg::I32(qmax),
+                Arg::I32(p.rotate as i32),
+                self.ptr(&bufs.q_codes),
+                self.ptr(&bufs.q_scales),
+                flag(0),
+                Arg::I32(tpc_q as i32),
+            ]);
+            self.launch(
+                Module::Quant,
+                &format!("quantize_q_{dt}"),
+                [nq.div_ceil(QT).div_ceil(tpc_q), hq, b],
+                256,
+                &args,
+            )?;
+        }
         // Step 7: V
         let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
         args.extend(dims(hk, nk));
@@ -1222,6 +1273,12 @@ impl AttentionBackend for CudaBackend {
         v: &Tensor,
         params: &AttentionParams,
     ) -> Result<QuantizedQkv> {
+        // q . km (the log-sum-exp's term) is not part of what this returns: the stage runs as for a
+        // call without the log-sum-exp
+        let params = &AttentionParams {
+            return_lse: false,
+            ..*params
+        };
         let p = self.problem(&q.meta(), &k.meta(), &v.meta(), params)?;
         if !p.mode.is_quantized() {
             return Err(Error::Unsupported {
@@ -1471,6 +1528,15 @@ mod tests {
             assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
             assert!(2 * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024);
         }
+    }
+
+    #[test]
+    fn q_rows_kernel_keeps_two_blocks_per_sm() {
+        // two staged tiles of 128 x 128 f16 rows, 256 partial maxima, 8 per-warp slots; the kernel's
+        // launch bounds ask for two blocks per multiprocessor (228 KiB, 1 KiB reserved per block)
+        assert_eq!(q_rows_smem_bytes(128), 65_536 + 1_024 + 32);
+        assert!(2 * (q_rows_smem_bytes(128) as usize + 1024) <= 228 * 1024);
+        assert_eq!(q_rows_smem_bytes(64), 32_768 + 1_056);
     }
 
     #[test]
