@@ -713,8 +713,10 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
 // banks. Warp w holds rows 32 (w % 4) .. + 31, channel half w / 4: a 32-token group block is a warp's
 // rows, so per-thread subgroups (rows r % 8) and per-warp groups reduce by shuffles, then with the
 // warp of the other half (w ^ 4) and, for per-block groups (128 tokens), across the tile, through
-// shared memory. Codes, scales and the non-finite flag are quantize_q's exactly (the same
-// quant_scale / quant_inv; rint(fl(x * inv)) as below).
+// shared memory. For finite inputs the codes, scales and the non-finite flag are quantize_q's
+// exactly (the same quant_scale / quant_inv; rint(fl(x * inv)) as below). A NaN or Inf wins the
+// bit-pattern max here (fmaxf ignores NaN there), so its group's scale and codes differ; the flag
+// is set alike, and the call fails on it either way.
 #define QROWS_THREADS 256
 
 // Unsigned max (the integer max of non-negative float bit patterns).
@@ -726,9 +728,15 @@ SAGE_DEVICE u32 inf_bits16(DtBF16) { return 0x7f80u; }
 
 // rint(x * inv) as the low byte of a float: x * inv rounded first (as __fmul_rn in quantize_q), then
 // adding 1.5 * 2^23 rounds it to an integer, half to even, exactly as __float2int_rn does for
-// |v| < 2^22 (here |v| <= 127: |x| <= amax). The integer's two's-complement byte is the float's low
-// byte, and no clamp is needed. It keeps 16K codes per tile off the quarter-rate conversion unit.
+// |v| < 2^22 (here |v| <= 127: |x| <= amax, while inv is finite). The integer's two's-complement
+// byte is the float's low byte, and no clamp is needed. It keeps 16K codes per tile off the
+// quarter-rate conversion unit.
 SAGE_DEVICE u32 code_bits(float x, float inv) { return __float_as_uint(__fadd_rn(__fmul_rn(x, inv), 12582912.0f)); }
+// The same bits when inv = 127 / amax is +Inf (a bf16 group whose absmax is below 127 / FLT_MAX):
+// x * inv is +-Inf, or NaN for x = 0, which quantize_q's clamp(__float2int_rn(.)) and the CPU turn
+// into +-127 and 0.
+SAGE_DEVICE u32 code_bits_inf(float x) { return 0x4B400000u + (x > 0.0f ? 127u : (x < 0.0f ? (u32)-127 : 0u)); }
+
 SAGE_DEVICE u32 pack_code_bytes(u32 a, u32 b, u32 c, u32 d) {
     return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
@@ -751,6 +759,27 @@ SAGE_DEVICE void stage_q_rows(const typename DT::T* base, i64 sn, int N, int t0,
 template <int DP>
 SAGE_DEVICE int code_slot(int r, int c) {
     return DP == 128 ? r * 128 + ((c ^ (r % 8)) * 16) : r * 64 + ((c ^ ((r / 2) % 4)) * 16);
+}
+
+// A thread's half row of codes (packed 16-bit values `x`) into the staged code tile: code chunk
+// half * CH/2 + m of the row at code_slot. INF: inv is +Inf (its own copy keeps the common path lean).
+template <class DT, int DP, bool INF>
+SAGE_DEVICE void stage_q_codes(const u32 (&x)[DP / 16][4], float inv, unsigned char* ctile, int row, int half) {
+    constexpr int CH = DP / 16;
+    auto code = [&](u32 bits16) {
+        const float v = DT::load((u16)bits16);
+        return INF ? code_bits_inf(v) : code_bits(v, inv);
+    };
+#pragma unroll
+    for (int m = 0; m < CH / 2; ++m) {
+        u32 word[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u32 a = x[2 * m + k / 2][2 * (k % 2)], c = x[2 * m + k / 2][2 * (k % 2) + 1];
+            word[k] = pack_code_bytes(code(a & 0xffffu), code(a >> 16), code(c & 0xffffu), code(c >> 16));
+        }
+        *(U32x4*)(ctile + code_slot<DP>(row, half * (CH / 2) + m)) = U32x4{word[0], word[1], word[2], word[3]};
+    }
 }
 
 template <class DT, int DP>
@@ -827,19 +856,10 @@ SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn
         // above), then out in whole rows: a lane's own 16-byte pieces of 32 rows per store
         // instruction wrote half sectors. Code chunk c of row r sits at slot code_slot(r, c).
         unsigned char* ctile = smem + slot * TILE_BYTES;
-#pragma unroll
-        for (int m = 0; m < CH / 2; ++m) {
-            u32 word[4];
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const u32 a = x[2 * m + k / 2][2 * (k % 2)], c = x[2 * m + k / 2][2 * (k % 2) + 1];
-                word[k] = pack_code_bytes(code_bits(DT::load((u16)(a & 0xffffu)), inv),
-                                          code_bits(DT::load((u16)(a >> 16)), inv),
-                                          code_bits(DT::load((u16)(c & 0xffffu)), inv),
-                                          code_bits(DT::load((u16)(c >> 16)), inv));
-            }
-            *(U32x4*)(ctile + code_slot<DP>(row, half * (CH / 2) + m)) = U32x4{word[0], word[1], word[2], word[3]};
-        }
+        if (inv <= 3.40282347e38f)
+            stage_q_codes<DT, DP, false>(x, inv, ctile, row, half);
+        else
+            stage_q_codes<DT, DP, true>(x, inv, ctile, row, half);  // bf16 only, rare
         __syncthreads();
         u8* dst = codes + (head * npad + t0) * DP;
 #pragma unroll

@@ -108,7 +108,9 @@ inline void quantize_rows(const std::vector<float>& x, int rows, int d, Gran g, 
         float k = inv[scale_group(g, q, r)];
         for (int c = 0; c < d; ++c) {
             float v = rte(x[r * d + c] * k);
-            v = std::fmin(std::fmax(v, -qf), qf);
+            // 0 * inf (a zero in a group of absmax below qmax / FLT_MAX) is NaN: code 0, as the
+            // CPU's `as i8` and __float2int_rn give it
+            v = std::isnan(v) ? 0.0f : std::fmin(std::fmax(v, -qf), qf);
             codes[r * d + c] = (int8_t)v;
         }
     }

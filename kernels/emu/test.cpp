@@ -107,6 +107,7 @@ struct Case {
     bool smooth_v, rotate, causal;
     int misalign = 0;
     float v_scale = 1.0f;  // V's values times this (tiny: the V scales below 2^-100, quant.cu)
+    float qk_scale = 1.0f;  // Q's and K's values times this (tiny bf16: 127 / amax is +Inf)
 };
 
 static int failures = 0;
@@ -148,8 +149,8 @@ static void run_case(const Case& cs) {
     std::vector<float> qb(D), kb(D), zb(D, 0.0f);
     for (int c = 0; c < D; ++c) qb[c] = 0.5f * normal();
     for (int c = 0; c < D; ++c) kb[c] = 4.0f * normal();
-    Tens Q = make_tensor(B, Hq, Nq, D, cs.dt, cs.lay, qb, cs.misalign);
-    Tens K = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, kb, cs.misalign);
+    Tens Q = make_tensor(B, Hq, Nq, D, cs.dt, cs.lay, qb, cs.misalign, cs.qk_scale);
+    Tens K = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, kb, cs.misalign, cs.qk_scale);
     Tens V = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, zb, cs.misalign, cs.v_scale);
 
     Problem p;
@@ -539,6 +540,12 @@ int main(int argc, char** argv) {
         {"exact f16 misaligned", 1, 2, 1, 70, 100, 64, F16, NHD, EXACT, PER_WARP, -1, false, false, false, 1},
         {"int8-fp8 tiny v f32", 1, 2, 1, 70, 300, 64, F32, HND, INT8_FP8, PER_WARP, -1, true, false, false, 0, 2e-39f},
         {"int8-fp8 tiny v bf16", 1, 2, 2, 70, 300, 128, BF16, NHD, INT8_FP8, PER_THREAD, -1, false, false, true, 0, 3e-36f},
+        // group absmax below 127 / FLT_MAX (bf16 only): 127 / amax is +Inf, codes +-127 and 0
+        {"int8-fp8 tiny qk bf16", 1, 2, 1, 70, 130, 128, BF16, HND, INT8_FP8, PER_WARP, -1, false, false, false, 0, 1.0f, 1e-38f},
+        // the lean quantize_q_rows at the granularities the cases above leave out, over several
+        // tiles per CTA with a short last one
+        {"int8-fp8 rows per-block", 2, 4, 2, 300, 300, 128, F16, NHD, INT8_FP8, PER_BLOCK, -1, false, false, false},
+        {"int8-fp16 rows per-thread d64", 1, 2, 1, 257, 390, 64, BF16, HND, INT8_FP16, PER_THREAD, -1, false, false, true},
     };
     std::vector<Case> extra = {
         {"exact bf16 d32", 2, 4, 2, 113, 203, 32, BF16, HND, EXACT, PER_WARP, -1, false, false, false},
