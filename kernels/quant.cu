@@ -871,6 +871,123 @@ SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn
     }
 }
 
+// ---- quantize_k_rows: Steps 1 and 3 for K, the common case ---------------------------------------
+// quantize_q_rows's layout for K (16-bit input, D = Dp, INT8 codes, no rotation; the host checks):
+// half a row per thread as packed 16-bit values, two staged tiles, codes through shared memory. K'
+// = K - km is an f32 subtraction (ALGORITHM.md Step 1), so the absmax takes a first pass over the
+// converted values and the codes a second (km from shared memory each time: 64 more registers would
+// halve the CTAs per SM). K groups are 64 tokens (two warps' rows; per-thread subgroups are the
+// tokens with equal (t % 8) / 2), so the group maxima meet across four warps: the 32-row partner
+// (w ^ 1) and the other half of both (w ^ 4, w ^ 5). Codes, scales and flag equal quantize_k's.
+template <class DT, int DP>
+SAGE_DEVICE void quantize_k_rows(const typename DT::T* k, i64 sb, i64 sh, i64 sn, int H, int N, const float* km,
+                                 int gran, u8* codes, float* scales, int* nonfinite, int tpc, unsigned char* smem) {
+    constexpr int CH = DP / 16;  // 16-byte chunks of a half row
+    constexpr int TILE_BYTES = QUANT_TOKENS * DP * 2;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
+    const int half = w / 4, row = 32 * (w % 4) + l;
+    const i64 head = (i64)b * H + h;
+    const typename DT::T* base = k + (i64)b * sb + (i64)h * sh;
+    const int ntiles = ceil_div(N, QUANT_TOKENS), npad = ntiles * QUANT_TOKENS;
+    const int first = blockIdx.x * tpc, last = min(first + tpc, ntiles);
+    const int total = k_scale_groups(gran, N);
+    u32* part = (u32*)(smem + 2 * TILE_BYTES);  // each thread's half-row group max
+    float* s_km = (float*)(part + QROWS_THREADS);
+    if (tid < DP) s_km[tid] = km[head * DP + tid];  // visible after the first tile's barrier
+    const float* kmh = s_km + half * (DP / 2);
+    const u32 buf0 = smem_addr(smem);
+    if (first < last) stage_q_rows<DT, DP>(base, sn, N, first * QUANT_TOKENS, buf0);
+    for (int t = first; t < last; ++t) {
+        const int t0 = t * QUANT_TOKENS;
+        const int slot = (t - first) % 2;
+        if (t + 1 < last) {
+            stage_q_rows<DT, DP>(base, sn, N, t0 + QUANT_TOKENS, buf0 + (1 - slot) * TILE_BYTES);
+            cp_async_wait_group<1>();
+        } else {
+            cp_async_wait_all();
+        }
+        __syncthreads();
+        const bool valid = t0 + row < N;  // rows past N stay 0 (no km subtracted): codes 0, no amax
+        u32 x[CH][4];
+        const unsigned char* rp = smem + slot * TILE_BYTES + row * 2 * DP;
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {
+            const U32x4 v = *(const U32x4*)(rp + (((half * CH + c) ^ (row % 8)) * 16));
+            x[c][0] = valid ? v.x : 0u;
+            x[c][1] = valid ? v.y : 0u;
+            x[c][2] = valid ? v.z : 0u;
+            x[c][3] = valid ? v.w : 0u;
+        }
+        u32 m2 = 0u;
+#pragma unroll
+        for (int c = 0; c < CH; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) m2 = __vmaxu2(m2, x[c][e] & 0x7fff7fffu);
+        if (max_u32(m2 & 0xffffu, m2 >> 16) >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + row);
+        // K' value e (0..7) of chunk c: fl(k - km), the CPU's order; 0 on rows past N
+        auto kprime = [&](int c, int e) {
+            const u32 wd = x[c][e / 2];
+            const float v = DT::load((u16)(e % 2 ? wd >> 16 : wd & 0xffffu));
+            return valid ? __fsub_rn(v, kmh[8 * c + e]) : 0.0f;
+        };
+        float am = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CH; ++c)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) am = fmaxf(am, fabsf(kprime(c, e)));
+        // the group's absmax (bit patterns of values >= 0 order as unsigned integers): per-thread
+        // subgroups are lanes with equal (l % 8) / 2 (xor 1, 8, 16), 64-token groups the warp; then
+        // the warps w ^ 1, w ^ 4, w ^ 5 (the group's other 32 rows and the other half)
+        u32 gm = __float_as_uint(am);
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
+        if (gran != GRAN_PER_THREAD) {
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
+        }
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+        part[tid] = gm;
+        __syncthreads();
+        gm = max_u32(max_u32(gm, part[tid ^ 32]), max_u32(part[tid ^ 128], part[tid ^ 160]));
+        const float amax = __uint_as_float(gm);
+        const int group = k_scale_group(gran, t0 + row);
+        // one writer per group: the first warp of the 64-token block, half 0; lanes 0, 2, 4, 6 for
+        // per-thread subgroups, lane 0 else
+        const bool writer = half == 0 && w % 2 == 0 && (gran == GRAN_PER_THREAD ? l < 8 && l % 2 == 0 : l == 0);
+        if (writer && group < total) scales[head * total + group] = quant_scale(amax, 127);
+        const float inv = quant_inv(amax, 127);
+        unsigned char* ctile = smem + slot * TILE_BYTES;
+        // `inf`: 127 / amax is +Inf (bf16 groups below 127 / FLT_MAX); called with constants, so each
+        // call is its own straight-line copy
+        auto stage_codes = [&](bool inf) {
+            auto code = [&](int c, int e) { return inf ? code_bits_inf(kprime(c, e)) : code_bits(kprime(c, e), inv); };
+#pragma unroll
+            for (int m = 0; m < CH / 2; ++m) {
+                u32 word[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int c = 2 * m + q / 2, e0 = 4 * (q % 2);
+                    word[q] = pack_code_bytes(code(c, e0), code(c, e0 + 1), code(c, e0 + 2), code(c, e0 + 3));
+                }
+                *(U32x4*)(ctile + code_slot<DP>(row, half * (CH / 2) + m)) = U32x4{word[0], word[1], word[2], word[3]};
+            }
+        };
+        if (inv <= 3.40282347e38f)
+            stage_codes(false);
+        else
+            stage_codes(true);
+        __syncthreads();
+        u8* dst = codes + (head * npad + t0) * DP;
+#pragma unroll
+        for (int u = 0; u < QUANT_TOKENS * DP / 16 / QROWS_THREADS; ++u) {
+            const int i = tid + u * QROWS_THREADS, r = i / (DP / 16), c = i % (DP / 16);
+            *(U32x4*)(dst + r * DP + 16 * c) = *(const U32x4*)(ctile + code_slot<DP>(r, c));
+        }
+        __syncthreads();  // the buffer is restaged two tiles on; part is reused
+    }
+}
+
 // ---- quantize_v_e4m3 / quantize_v_f16: Step 7 ----------------------------------------------------
 // The V tile goes out transposed, V^T [B, H, Dp, Npad], through shared memory: each lane writes its
 // 8 channels of a key into 8 channel rows of the tile. Row c of the shared tile is stored rotated by
@@ -1106,6 +1223,22 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                                     nonfinite, tpc, s_dyn);                                               \
     }
 
+// quantize_k_rows_{f16|bf16}: grid (ceil(ceil(N / 128) / tpc), H, B), 256 threads, dynamic shared
+// memory 2 * 128 * 2 * Dp + 1024 + 4 * Dp bytes (ABI.md).
+#define SAGE_KROWS_ENTRY(SUFFIX, DT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(QROWS_THREADS, 2)                                          \
+        quantize_k_rows_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
+                                 int Dp, const float* km, int granularity, u8* codes, float* scales,      \
+                                 int* nonfinite, int tpc) {                                               \
+        SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
+        if (Dp == 128)                                                                                    \
+            quantize_k_rows<DT, 128>(k, stride_b, stride_h, stride_n, H, N, km, granularity, codes, scales, \
+                                     nonfinite, tpc, s_dyn);                                              \
+        else                                                                                              \
+            quantize_k_rows<DT, 64>(k, stride_b, stride_h, stride_n, H, N, km, granularity, codes, scales,  \
+                                    nonfinite, tpc, s_dyn);                                               \
+    }
+
 // The staged quantize_* kernels: the CTA's tiles in turn (for_each_tile), each through `FN`.
 #define SAGE_TILES(DT, DPV, X, BODY)                                                                        \
     {                                                                                                     \
@@ -1140,10 +1273,12 @@ extern "C" __global__ void __launch_bounds__(MAX_DP)
 #ifdef SAGE_WANT_F16
 SAGE_QUANT_ENTRIES(f16, DtF16)
 SAGE_QROWS_ENTRY(f16, DtF16)
+SAGE_KROWS_ENTRY(f16, DtF16)
 #endif
 #ifdef SAGE_WANT_BF16
 SAGE_QUANT_ENTRIES(bf16, DtBF16)
 SAGE_QROWS_ENTRY(bf16, DtBF16)
+SAGE_KROWS_ENTRY(bf16, DtBF16)
 #endif
 #ifdef SAGE_WANT_F32
 SAGE_QUANT_ENTRIES(f32, DtF32)

@@ -269,6 +269,23 @@ static void run_case(const Case& cs) {
             else
                 quantize_q_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, D, Dp, Hkv, km.data(), qkmp, p.smooth_q, qmp, gran, qmax, p.rotate, q_codes.data(), q_scales.data(), &nonfinite[0], EMU_TPC);
         });
+        // 5': quantize_k_rows where the host would take it (16-bit input, INT8 codes, D = Dp, no
+        // rotation): codes, scales and flag must equal quantize_k's bit for bit
+        if (cs.dt != F32 && qmax == 127 && D == Dp && !p.rotate) {
+            std::vector<u8> rc(k_codes.size(), 0xAA);
+            std::vector<float> rs(k_scales.size(), -1.0f);
+            int rflag = INT_MAX;
+            emu_launch({(unsigned)(((Nk + 127) / 128 + EMU_TPC - 1) / EMU_TPC), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+                if (cs.dt == F16)
+                    quantize_k_rows_f16((const u16*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, Dp, km.data(), gran, rc.data(), rs.data(), &rflag, EMU_TPC);
+                else
+                    quantize_k_rows_bf16((const u16*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, Dp, km.data(), gran, rc.data(), rs.data(), &rflag, EMU_TPC);
+            });
+            const bool same_codes = rc == k_codes;
+            const bool same_scales = memcmp(rs.data(), k_scales.data(), rs.size() * 4) == 0;
+            printf("    quantize_k_rows: codes %s, scales %s\n", same_codes ? "identical" : "DIFFER", same_scales ? "identical" : "DIFFER");
+            CHECK(same_codes && same_scales && rflag == nonfinite[1], "quantize_k_rows equals quantize_k");
+        }
         // 6': quantize_q_rows where the host would take it (16-bit input, INT8 codes, D = Dp, no
         // smooth_q / rotation): codes, scales and flag must equal quantize_q's bit for bit
         if (cs.dt != F32 && qmax == 127 && D == Dp && !p.smooth_q && !p.rotate) {
@@ -542,8 +559,8 @@ int main(int argc, char** argv) {
         {"int8-fp8 tiny v bf16", 1, 2, 2, 70, 300, 128, BF16, NHD, INT8_FP8, PER_THREAD, -1, false, false, true, 0, 3e-36f},
         // group absmax below 127 / FLT_MAX (bf16 only): 127 / amax is +Inf, codes +-127 and 0
         {"int8-fp8 tiny qk bf16", 1, 2, 1, 70, 130, 128, BF16, HND, INT8_FP8, PER_WARP, -1, false, false, false, 0, 1.0f, 1e-38f},
-        // the lean quantize_q_rows at the granularities the cases above leave out, over several
-        // tiles per CTA with a short last one
+        // the lean quantize_*_rows kernels at the granularities the cases above leave out, over
+        // several tiles per CTA with a short last one
         {"int8-fp8 rows per-block", 2, 4, 2, 300, 300, 128, F16, NHD, INT8_FP8, PER_BLOCK, -1, false, false, false},
         {"int8-fp16 rows per-thread d64", 1, 2, 1, 257, 390, 64, BF16, HND, INT8_FP16, PER_THREAD, -1, false, false, true},
     };

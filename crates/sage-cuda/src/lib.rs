@@ -77,6 +77,22 @@ fn q_rows_case(p: &Problem, q_ptr: Arg) -> bool {
         && !p.return_lse
 }
 
+/// Dynamic shared memory of quantize_k_rows (quant.cu): quantize_q_rows's two staged tiles and
+/// partial maxima, and the head's km.
+fn k_rows_smem_bytes(dp: usize) -> u32 {
+    (2 * QT * dp * 2 + 4 * Q_ROWS_THREADS as usize + 4 * dp) as u32
+}
+
+/// Whether quantize_k_rows can take K's Step 3 (quant.cu): 16-bit input in a 16-byte aligned buffer,
+/// D = Dp, INT8 codes (so no INT4 copy for dS either), no rotation.
+fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
+    matches!(p.dtype, DType::F16 | DType::BF16)
+        && matches!(k_ptr, Arg::Ptr(a) if a % 16 == 0)
+        && p.head_dim == p.head_dim_padded
+        && p.mode.qk_qmax() == Some(127)
+        && !p.rotate
+}
+
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -220,6 +236,8 @@ pub struct CudaBackend {
     wgmma_form: std::result::Result<Option<WgmmaForm>, String>,
     /// Q's Step 3 by quantize_q_rows where it can (unless `SAGE_CUDA_Q_ROWS=0`, for comparisons).
     q_rows: bool,
+    /// K's Step 3 by quantize_k_rows where it can (unless `SAGE_CUDA_K_ROWS=0`).
+    k_rows: bool,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
 }
@@ -389,6 +407,7 @@ impl CudaBackend {
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
             wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
             q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
+            k_rows: std::env::var("SAGE_CUDA_K_ROWS").map_or(true, |v| v != "0"),
             sms,
         })
     }
@@ -834,34 +853,62 @@ impl CudaBackend {
         if fp8 || p.smooth_v {
             stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
         }
-        // Step 3 for K (with the INT8 copy for dS in INT4 mode)
-        let (k8c, k8s) = match &bufs.k8 {
-            Some((c, s)) => (self.ptr(c), self.ptr(s)),
-            None => (NULL, NULL),
-        };
-        let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
-        args.extend(dims(hk, nk));
-        args.extend([
-            self.ptr(&bufs.km),
-            gran,
-            Arg::I32(qmax),
-            Arg::I32(p.rotate as i32),
-        ]);
-        args.extend([
-            self.ptr(&bufs.k_codes),
-            self.ptr(&bufs.k_scales),
-            k8c,
-            k8s,
-            flag(1),
-            Arg::I32(tpc_k as i32),
-        ]);
-        self.launch(
-            Module::Quant,
-            &format!("quantize_k_{dt}"),
-            [nk.div_ceil(QT).div_ceil(tpc_k), hk, b],
-            256,
-            &args,
-        )?;
+        // Step 3 for K: quantize_k_rows where its case allows (quant.cu), else quantize_k (with the
+        // INT8 copy for dS in INT4 mode)
+        if self.k_rows && k_rows_case(p, self.ptr(k.0)) {
+            let args = [
+                self.ptr(k.0),
+                ks[0],
+                ks[1],
+                ks[2],
+                Arg::I32(hk as i32),
+                Arg::I32(nk as i32),
+                Arg::I32(dp as i32),
+                self.ptr(&bufs.km),
+                gran,
+                self.ptr(&bufs.k_codes),
+                self.ptr(&bufs.k_scales),
+                flag(1),
+                Arg::I32(tpc_k as i32),
+            ];
+            self.launch_with(
+                Module::Quant,
+                &format!("quantize_k_rows_{dt}"),
+                [nk.div_ceil(QT).div_ceil(tpc_k), hk, b],
+                Q_ROWS_THREADS,
+                k_rows_smem_bytes(dp),
+                &[],
+                &args,
+            )?;
+        } else {
+            let (k8c, k8s) = match &bufs.k8 {
+                Some((c, s)) => (self.ptr(c), self.ptr(s)),
+                None => (NULL, NULL),
+            };
+            let mut args = vec![self.ptr(k.0), ks[0], ks[1], ks[2]];
+            args.extend(dims(hk, nk));
+            args.extend([
+                self.ptr(&bufs.km),
+                gran,
+                Arg::I32(qmax),
+                Arg::I32(p.rotate as i32),
+            ]);
+            args.extend([
+                self.ptr(&bufs.k_codes),
+                self.ptr(&bufs.k_scales),
+                k8c,
+                k8s,
+                flag(1),
+                Arg::I32(tpc_k as i32),
+            ]);
+            self.launch(
+                Module::Quant,
+                &format!("quantize_k_{dt}"),
+                [nk.div_ceil(QT).div_ceil(tpc_k), hk, b],
+                256,
+                &args,
+            )?;
+        }
         // Steps 2-3 for Q: quantize_q_rows where its case allows (quant.cu), else quantize_q
         if self.q_rows && q_rows_case(p, self.ptr(q.0)) {
             let args = [
