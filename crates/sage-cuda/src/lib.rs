@@ -1578,12 +1578,16 @@ mod tests {
     }
 
     #[test]
-    fn q_rows_kernel_keeps_two_blocks_per_sm() {
+    fn rows_kernels_keep_two_blocks_per_sm() {
         // two staged tiles of 128 x 128 f16 rows, 256 partial maxima, 8 per-warp slots; the kernel's
         // launch bounds ask for two blocks per multiprocessor (228 KiB, 1 KiB reserved per block)
         assert_eq!(q_rows_smem_bytes(128), 65_536 + 1_024 + 32);
         assert!(2 * (q_rows_smem_bytes(128) as usize + 1024) <= 228 * 1024);
         assert_eq!(q_rows_smem_bytes(64), 32_768 + 1_056);
+        // quantize_k_rows: the same tiles and maxima, no per-warp slots, the head's km in f32
+        assert_eq!(k_rows_smem_bytes(128), 65_536 + 1_024 + 512);
+        assert!(2 * (k_rows_smem_bytes(128) as usize + 1024) <= 228 * 1024);
+        assert_eq!(k_rows_smem_bytes(64), 32_768 + 1_024 + 256);
     }
 
     #[test]
