@@ -1153,6 +1153,118 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
     }
 }
 
+// ---- quantize_v_cols: Step 7's scales and FP8 codes in one pass, the common case -----------------
+// The FP8 V scale of a channel is its absmax over every token of the head (sv = amax / 448), so the
+// general path reads V twice: kv_stats (maxima, minima) and quantize_v_e4m3. Without smooth_v (no
+// mean) and for 16-bit V with D = Dp in 16-byte rows (the host checks, ABI.md) a CTA can instead
+// hold CW channels of every token of one head in shared memory (N_pad * CW * 2 bytes): V is read
+// once, and the codes go out as whole channel rows of V^T, which is the layout they are stored in.
+// The absmax is an integer max on the 16-bit patterns with the sign masked (non-negative floats
+// order as unsigned integers, Inf and NaN on top): max |v| = max(max v, -min v), kv_stats_finish's
+// amax without smooth_v. The codes are quantize_v_e4m3's: the correctly rounded V / sv
+// (div_for_e4m3, scaled by 2^64 where sv < 2^-100), E4M3 nearest even, saturating.
+//
+// Token n of the head is row vcol_row(n) of the staged slice, rows of 2 * CW bytes: the rows that
+// the lanes of one code load read (equal key of consecutive 16-key groups) then fall in different
+// banks. The swap stays inside a 16-key group, and N_pad is a multiple of 128.
+#define VCOLS_THREADS 256
+
+template <int CW>
+SAGE_DEVICE int vcol_row(int n) {
+    return n ^ ((n >> 4) & (64 / CW - 1));  // 64 / CW rows of 2 CW bytes fill the 32 banks
+}
+
+template <class DT, int CW>
+SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int Dp,
+                                 float* sv, u8* vt, int* nonfinite, unsigned char* smem) {
+    constexpr int CPT = CW / 8;     // 16-byte chunks of a token's slice
+    constexpr int P = CW / 2;       // channel pairs (32-bit words) of a slice row
+    constexpr int RB = 2 * CW;      // bytes per staged row
+    const int h = blockIdx.y, b = blockIdx.z, ch0 = blockIdx.x * CW;
+    const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
+    const i64 head = (i64)b * H + h;
+    const typename DT::T* base = v + (i64)b * sb + (i64)h * sh + ch0;
+    const int npad = round_up(N, QUANT_TOKENS);
+    const u32 s0 = smem_addr(smem);
+    u32* s_red = (u32*)(smem + npad * RB);  // [QUANT_WARPS][P] partial maxima, then [P] the slice's
+    // The slice in: chunk i is token i / CPT's chunk i % CPT (a thread's chunks share c = tid % CPT);
+    // tokens past N are zeros (codes 0).
+    for (int i = tid; i < npad * CPT; i += VCOLS_THREADS) {
+        const int n = i / CPT, c = i % CPT;
+        const u32 dst = s0 + vcol_row<CW>(n) * RB + 16 * c;
+        if (n < N) cp_async_16(dst, base + (i64)n * sn + 8 * c);
+        else *(U32x4*)(smem + (dst - s0)) = U32x4{0u, 0u, 0u, 0u};
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    // The thread's own chunks (no barrier needed: its copies landed): channel-pair maxima of |v| as
+    // bit patterns, and the non-finite flag per token.
+    u32 m[4] = {0u, 0u, 0u, 0u};
+    for (int i = tid; i < npad * CPT; i += VCOLS_THREADS) {
+        const int n = i / CPT, c = i % CPT;
+        const U32x4 x = *(const U32x4*)(smem + vcol_row<CW>(n) * RB + 16 * c);
+        const u32 a0 = x.x & 0x7fff7fffu, a1 = x.y & 0x7fff7fffu, a2 = x.z & 0x7fff7fffu, a3 = x.w & 0x7fff7fffu;
+        const u32 cm = __vmaxu2(__vmaxu2(a0, a1), __vmaxu2(a2, a3));
+        if (max_u32(cm & 0xffffu, cm >> 16) >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + n);
+        m[0] = __vmaxu2(m[0], a0);
+        m[1] = __vmaxu2(m[1], a1);
+        m[2] = __vmaxu2(m[2], a2);
+        m[3] = __vmaxu2(m[3], a3);
+    }
+    // Over the lanes with the same chunk, then the warps.
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+        for (int o = CPT; o < 32; o *= 2) m[e] = __vmaxu2(m[e], __shfl_xor_sync(FULL_MASK, m[e], o));
+    if (l < CPT) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s_red[w * P + 4 * l + e] = m[e];
+    }
+    __syncthreads();
+    if (tid < P) {
+        u32 a = 0u;
+#pragma unroll
+        for (int i = 0; i < QUANT_WARPS; ++i) a = __vmaxu2(a, s_red[i * P + tid]);
+        s_red[QUANT_WARPS * P + tid] = a;
+    }
+    __syncthreads();
+    // Thread: channel pair p (channels ch0 + 2p, + 1), 16-key groups g = tid / P + k * (256 / P).
+    const int p = tid % P;
+    const u32 ab = s_red[QUANT_WARPS * P + p];
+    float svp[2], rcp[2], pre[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const float amax = DT::load((u16)(e ? ab >> 16 : ab & 0xffffu));
+        const float s = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+        if (tid < P) sv[head * Dp + ch0 + 2 * p + e] = s;
+        // V / sv = (V * pre) / (sv * pre) exactly for a power of two: 2^64 where 1 / sv would
+        // overflow or lose precision (sv < 2^-100); |V| <= 448 sv keeps V * pre finite
+        pre[e] = s < 7.8886091e-31f ? 18446744073709551616.0f : 1.0f;
+        svp[e] = __fmul_rn(s, pre[e]);
+        rcp[e] = __frcp_rn(svp[e]);
+    }
+    for (int g = tid / P; g < npad / 16; g += VCOLS_THREADS / P) {
+        u32 x[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) x[j] = *(const u32*)(smem + vcol_row<CW>(16 * g + j) * RB + 4 * p);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            // key k at byte v8_slot(k) of the group (v8_slot keeps k % 2: keys k, k + 1 are one u16)
+            u16 pair[8];
+#pragma unroll
+            for (int k = 0; k < 16; k += 2) {
+                const float lo = DT::load((u16)(e ? x[k] >> 16 : x[k] & 0xffffu));
+                const float hi = DT::load((u16)(e ? x[k + 1] >> 16 : x[k + 1] & 0xffffu));
+                pair[v8_slot(k) / 2] = e4m3_pair(div_for_e4m3(__fmul_rn(lo, pre[e]), svp[e], rcp[e]),
+                                                 div_for_e4m3(__fmul_rn(hi, pre[e]), svp[e], rcp[e]));
+            }
+            const U32x4 out{pair[0] | ((u32)pair[1] << 16), pair[2] | ((u32)pair[3] << 16),
+                            pair[4] | ((u32)pair[5] << 16), pair[6] | ((u32)pair[7] << 16)};
+            *(U32x4*)(vt + (head * Dp + ch0 + 2 * p + e) * npad + 16 * g) = out;
+        }
+    }
+}
+
 // ---- entry points ---------------------------------------------------------------------------------
 // One set per input dtype; parameter lists and grids in ABI.md (256 threads). The kernels are
 // compiled per padded head dim (Dp = 64 or 128) and picked by the uniform branch on Dp.
@@ -1206,6 +1318,19 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
                                 int D, int Dp, const float* vm, u16* vt, int* nonfinite) {                \
         __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 2];                                     \
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
+    }
+
+// quantize_v_cols_{f16|bf16}: grid (Dp / cw, H, B), 256 threads, dynamic shared memory
+// round_up(N, 128) * 2 * cw + 4 * 9 * cw / 2 bytes, cw = 8 or 16 channels per CTA (ABI.md).
+#define SAGE_VCOLS_ENTRY(SUFFIX, DT)                                                                       \
+    extern "C" __global__ void __launch_bounds__(VCOLS_THREADS, 2)                                          \
+        quantize_v_cols_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
+                                 int Dp, int cw, float* sv, u8* vt, int* nonfinite) {                     \
+        SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
+        if (cw == 16)                                                                                     \
+            quantize_v_cols<DT, 16>(v, stride_b, stride_h, stride_n, H, N, Dp, sv, vt, nonfinite, s_dyn);  \
+        else                                                                                              \
+            quantize_v_cols<DT, 8>(v, stride_b, stride_h, stride_n, H, N, Dp, sv, vt, nonfinite, s_dyn);   \
     }
 
 // quantize_q_rows_{f16|bf16}: grid (ceil(ceil(N / 128) / tpc), H, B), 256 threads, dynamic shared
@@ -1274,11 +1399,13 @@ extern "C" __global__ void __launch_bounds__(MAX_DP)
 SAGE_QUANT_ENTRIES(f16, DtF16)
 SAGE_QROWS_ENTRY(f16, DtF16)
 SAGE_KROWS_ENTRY(f16, DtF16)
+SAGE_VCOLS_ENTRY(f16, DtF16)
 #endif
 #ifdef SAGE_WANT_BF16
 SAGE_QUANT_ENTRIES(bf16, DtBF16)
 SAGE_QROWS_ENTRY(bf16, DtBF16)
 SAGE_KROWS_ENTRY(bf16, DtBF16)
+SAGE_VCOLS_ENTRY(bf16, DtBF16)
 #endif
 #ifdef SAGE_WANT_F32
 SAGE_QUANT_ENTRIES(f32, DtF32)

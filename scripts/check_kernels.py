@@ -73,7 +73,7 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
                 f"quantize_v_f16_{dt}",
             ]
             if dt != "f32":
-                names += [f"quantize_q_rows_{dt}", f"quantize_k_rows_{dt}"]
+                names += [f"quantize_q_rows_{dt}", f"quantize_k_rows_{dt}", f"quantize_v_cols_{dt}"]
         return set(names) | {"kv_stats_finish"}
     if cu_file == "attn_mma.cu":
         variants = ["int8_fp16"] + (["int8_fp8", "int4_fp8"] if fp8 else [])

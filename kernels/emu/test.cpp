@@ -316,6 +316,26 @@ static void run_case(const Case& cs) {
                 else quantize_v_f16_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, vmp, (u16*)vt.data(), &nonfinite[2]);
             }
         });
+        // 7': quantize_v_cols where the host would take it (FP8 V without smooth_v, 16-bit input, D =
+        // Dp), at both slice widths: scales, codes and flag must equal kv_stats + quantize_v_e4m3's
+        if (fp8 && !p.smooth_v && cs.dt != F32 && D == Dp) {
+            for (int cw : {16, 8}) {
+                std::vector<u8> rvt(vt.size(), 0xAA);
+                std::vector<float> rsv(sv.size(), -1.0f);
+                int rflag = INT_MAX;
+                emu_launch({(unsigned)(Dp / cw), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+                    if (cs.dt == F16)
+                        quantize_v_cols_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, rsv.data(), rvt.data(), &rflag);
+                    else
+                        quantize_v_cols_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, rsv.data(), rvt.data(), &rflag);
+                });
+                const bool same_codes = rvt == vt;
+                const bool same_scales = memcmp(rsv.data(), sv.data(), rsv.size() * 4) == 0;
+                printf("    quantize_v_cols (%d channels): codes %s, scales %s\n", cw, same_codes ? "identical" : "DIFFER",
+                       same_scales ? "identical" : "DIFFER");
+                CHECK(same_codes && same_scales && rflag == nonfinite[2], "quantize_v_cols equals quantize_v_e4m3");
+            }
+        }
         CHECK(nonfinite[0] == INT_MAX && nonfinite[1] == INT_MAX && nonfinite[2] == INT_MAX, "nonfinite flags set");
 
         // ---- stage comparison ----
@@ -528,6 +548,14 @@ static void nonfinite_test() {
     int nf2 = INT_MAX;
     emu_launch({2, (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_v_f16_f32((const float*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, D, Dp, nullptr, (u16*)vt.data(), &nf2); });
     CHECK(nf2 == wv, "nonfinite flag f16 V");
+    // quantize_v_cols (16-bit V only): the same tokens from the bit-pattern maxima
+    Tens V16 = make_tensor(B, Hkv, Nk, D, F16, NHD, z);
+    poison(V16, 1, 0, 0, -INFINITY); poison(V16, 1, 1, 129, NAN);
+    for (int cw : {16, 8}) {
+        int nf3 = INT_MAX;
+        emu_launch({(unsigned)(Dp / cw), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_v_cols_f16((const u16*)V16.ptr(), V16.sb, V16.sh, V16.sn, Hkv, Nk, Dp, cw, sv.data(), vt.data(), &nf3); });
+        CHECK(nf3 == wv, "nonfinite flag quantize_v_cols (%d channels): %d", cw, nf3);
+    }
 }
 
 // Usage: test                 the basic cases (one per mode/feature), plus the unit tests

@@ -93,6 +93,32 @@ fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
         && !p.rotate
 }
 
+/// quantize_v_cols (quant.cu) for Step 7 where it applies: FP8 V without smooth_v (the scales are
+/// then the channels' absmax alone), 16-bit input in a 16-byte aligned buffer, D = Dp, and a head's
+/// slice of `cw` channels of every token fitting in shared memory. Returns `cw`: 16 channels (whole
+/// 32-byte sectors of each row) while the slice leaves room for two CTAs per multiprocessor, else 8;
+/// `force` (8 or 16, from `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
+fn v_cols_width(p: &Problem, v_ptr: Arg, nk_pad: usize, force: Option<usize>) -> Option<usize> {
+    let case = p.mode.is_fp8_pv()
+        && !p.smooth_v
+        && matches!(p.dtype, DType::F16 | DType::BF16)
+        && matches!(v_ptr, Arg::Ptr(a) if a % 16 == 0)
+        && p.head_dim == p.head_dim_padded;
+    let fits = |cw: usize, limit: usize| v_cols_smem_bytes(nk_pad, cw) as usize <= limit * 1024;
+    match force {
+        Some(cw) => (case && fits(cw, 200)).then_some(cw),
+        None => [(16, 72), (8, 200)]
+            .into_iter()
+            .find(|&(cw, limit)| case && fits(cw, limit))
+            .map(|(cw, _)| cw),
+    }
+}
+
+/// Dynamic shared memory of quantize_v_cols: the staged slice and the warps' partial maxima.
+fn v_cols_smem_bytes(nk_pad: usize, cw: usize) -> u32 {
+    (nk_pad * 2 * cw + 4 * 9 * cw / 2) as u32
+}
+
 /// Query rows per attention block.
 const ATTN_ROWS: usize = 64;
 /// Query rows per block of the f32 exact kernel.
@@ -238,6 +264,9 @@ pub struct CudaBackend {
     q_rows: bool,
     /// K's Step 3 by quantize_k_rows where it can (unless `SAGE_CUDA_K_ROWS=0`).
     k_rows: bool,
+    /// V's FP8 scales and codes by quantize_v_cols where it can: `SAGE_CUDA_V_COLS` `0` turns it
+    /// off, `8` or `16` pins the slice width (`Some(Some(cw))`), anything else or unset is automatic.
+    v_cols: Option<Option<usize>>,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
 }
@@ -408,6 +437,12 @@ impl CudaBackend {
             wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
             q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
             k_rows: std::env::var("SAGE_CUDA_K_ROWS").map_or(true, |v| v != "0"),
+            v_cols: match std::env::var("SAGE_CUDA_V_COLS").as_deref() {
+                Ok("0") => None,
+                Ok("8") => Some(Some(8)),
+                Ok("16") => Some(Some(16)),
+                _ => Some(None),
+            },
             sms,
         })
     }
@@ -850,7 +885,11 @@ impl CudaBackend {
             self.launch(Module::Quant, "kv_stats_finish", [hk, b, 1], 128, &args)
         };
         stats(k.0, &ks, false, true, self.ptr(&bufs.km), NULL)?;
-        if fp8 || p.smooth_v {
+        // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
+        let v_cols = self
+            .v_cols
+            .and_then(|force| v_cols_width(p, self.ptr(v.0), nk.div_ceil(QT) * QT, force));
+        if (fp8 || p.smooth_v) && v_cols.is_none() {
             stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
         }
         // Step 3 for K: quantize_k_rows where its case allows (quant.cu), else quantize_k (with the
@@ -962,6 +1001,31 @@ impl CudaBackend {
             )?;
         }
         // Step 7: V
+        if let Some(cw) = v_cols {
+            let args = [
+                self.ptr(v.0),
+                vs[0],
+                vs[1],
+                vs[2],
+                Arg::I32(hk as i32),
+                Arg::I32(nk as i32),
+                Arg::I32(dp as i32),
+                Arg::I32(cw as i32),
+                opt(&bufs.sv),
+                self.ptr(&bufs.vt),
+                flag(2),
+            ];
+            self.launch_with(
+                Module::Quant,
+                &format!("quantize_v_cols_{dt}"),
+                [dp / cw, hk, b],
+                256,
+                v_cols_smem_bytes(nk.div_ceil(QT) * QT, cw),
+                &[],
+                &args,
+            )?;
+            return Ok(bufs);
+        }
         let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
         args.extend(dims(hk, nk));
         args.push(opt(&bufs.vm));
@@ -1588,6 +1652,75 @@ mod tests {
         assert_eq!(k_rows_smem_bytes(128), 65_536 + 1_024 + 512);
         assert!(2 * (k_rows_smem_bytes(128) as usize + 1024) <= 228 * 1024);
         assert_eq!(k_rows_smem_bytes(64), 32_768 + 1_024 + 256);
+    }
+
+    #[test]
+    fn v_cols_takes_the_common_fp8_case_where_the_slice_fits() {
+        let p = Problem {
+            batch: 1,
+            heads_q: 1,
+            heads_kv: 1,
+            seq_q: 1,
+            seq_k: 1,
+            head_dim: 128,
+            head_dim_padded: 128,
+            dtype: DType::F16,
+            layout: Layout::Hnd,
+            mode: Mode::Int8Fp8,
+            granularity: Granularity::PerThread,
+            smooth_q: true,
+            smooth_v: false,
+            rotate: false,
+            kv_block: 128,
+            causal: false,
+            sm_scale: 1.0,
+            return_lse: false,
+        };
+        let ptr = Arg::Ptr(1 << 20);
+        // whole 32-byte pieces while two CTAs fit, then 16-byte ones, then the general path
+        assert_eq!(v_cols_width(&p, ptr, 1024, None), Some(16));
+        assert_eq!(v_cols_width(&p, ptr, 2048, None), Some(16));
+        assert_eq!(v_cols_width(&p, ptr, 4096, None), Some(8));
+        assert_eq!(v_cols_width(&p, ptr, 16384, None), None);
+        assert_eq!(v_cols_width(&p, ptr, 4096, Some(16)), Some(16));
+        assert_eq!(v_cols_width(&p, ptr, 8192, Some(16)), None);
+        assert_eq!(v_cols_smem_bytes(4096, 8), 4096 * 16 + 144);
+        // smooth_v needs V's mean; f32 rows, D < Dp, INT8-FP16 and a misaligned buffer do not apply
+        let cases = [
+            (
+                Problem {
+                    smooth_v: true,
+                    ..p
+                },
+                None,
+            ),
+            (
+                Problem {
+                    dtype: DType::F32,
+                    ..p
+                },
+                None,
+            ),
+            (Problem { head_dim: 96, ..p }, None),
+            (
+                Problem {
+                    mode: Mode::Int8Fp16,
+                    ..p
+                },
+                None,
+            ),
+            (
+                Problem {
+                    dtype: DType::BF16,
+                    ..p
+                },
+                Some(16),
+            ),
+        ];
+        for (q, want) in cases {
+            assert_eq!(v_cols_width(&q, ptr, 1024, None), want, "{q:?}");
+        }
+        assert_eq!(v_cols_width(&p, Arg::Ptr((1 << 20) + 8), 1024, None), None);
     }
 
     #[test]
