@@ -1028,22 +1028,19 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     float vmv[8], svv[8];
     load_channel_vec8(vm != nullptr ? vm + head * DP : nullptr, rl.sub, 0.0f, vmv);
     load_channel_vec8(sv + head * DP, rl.sub, 1.0f, svv);
-    // V' / sv = (V' * pre) / (sv * pre) exactly for a power of two `pre`: 2^64 when one of the lane's
-    // scales is below 2^-100 (a channel of values below ~1e-28, bf16/f32 only), whose reciprocal
-    // div_for_e4m3 needs would overflow or lose its precision, and none above 2^40 (so that no V' * pre
-    // overflows); 1 otherwise. vm and sv are scaled here once; fma(v, pre, -vm * pre) is
-    // fl(v - vm) * pre exactly.
-    bool tiny = false, huge = false;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        tiny = tiny || svv[e] < 7.8886091e-31f;  // 2^-100
-        huge = huge || svv[e] > 1.09951163e12f;  // 2^40
-    }
-    tiny = tiny && !huge;
-    const float pre = tiny ? 18446744073709551616.0f : 1.0f;  // 2^64
+    // V' / sv = (V' * pre) / (sv * pre) exactly for a power of two `pre`: 2^64 for a channel whose
+    // scale is below 2^-100 (values below ~1e-28, bf16/f32 only), whose reciprocal div_for_e4m3
+    // needs would overflow or lose its precision; 1 otherwise. Chosen per channel (bit e of `tiny`,
+    // one register rather than eight): a lane's eight channels may mix such a scale with one above
+    // 2^40, where a shared factor would overflow the large channel's V * pre. With sv < 2^-100 every
+    // V of the channel that differs from vm is below ~2^-67, so V * 2^64 stays finite. vm and sv are
+    // scaled here once; fma(v, pre, -vm * pre) is fl(v - vm) * pre exactly.
+    u32 tiny = 0u;
     float rcp[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
+        const float pre = svv[e] < 7.8886091e-31f ? 18446744073709551616.0f : 1.0f;  // 2^-100, 2^64
+        tiny |= (pre != 1.0f ? 1u : 0u) << e;
         svv[e] = __fmul_rn(svv[e], pre);
         vmv[e] = __fmul_rn(vmv[e], pre);
         rcp[e] = __frcp_rn(svv[e]);
@@ -1054,8 +1051,10 @@ SAGE_DEVICE void quantize_v_e4m3(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         if (row_nonfinite<RL::LPR>(xs, rl.grp) && rl.sub == 0) flag_nonfinite(nonfinite, head * N + n);
         // smooth_v: V' = V - vm (vm is 0 on padded channels and when smooth_v is off); V' / sv
 #pragma unroll
-        for (int e = 0; e < 8; ++e)
+        for (int e = 0; e < 8; ++e) {
+            const float pre = (tiny >> e) & 1u ? 18446744073709551616.0f : 1.0f;
             xs[e] = n < N ? div_for_e4m3(__fmaf_rn(xs[e], pre, -vmv[e]), svv[e], rcp[e]) : 0.0f;
+        }
     };
     // Keys lr and lr + 1 (s even) sit in adjacent slots (v8_slot keeps k % 2): one 16-bit store per
     // channel for the pair. Channel rows 8*sub + e are 128 bytes apart and share the rotation of

@@ -87,11 +87,14 @@ struct Tens {
 };
 
 static Tens make_tensor(int B, int H, int N, int D, DType dt, Layout lay, const std::vector<float>& bias, int off = 0,
-                        float scale = 1.0f) {
+                        float scale = 1.0f, float scale_c1 = 0.0f) {
     Tens t{B, H, N, D, dt, lay};
     t.off = off;
     t.hnd.resize((size_t)B * H * N * D);
-    for (size_t i = 0; i < t.hnd.size(); ++i) t.hnd[i] = round_dt((normal() + bias[i % D]) * scale, dt);
+    for (size_t i = 0; i < t.hnd.size(); ++i) {
+        const float s = scale_c1 != 0.0f && i % D % 8 == 1 ? scale_c1 : scale;
+        t.hnd[i] = round_dt((normal() + bias[i % D]) * s, dt);
+    }
     t.make_storage();
     return t;
 }
@@ -108,6 +111,7 @@ struct Case {
     int misalign = 0;
     float v_scale = 1.0f;  // V's values times this (tiny: the V scales below 2^-100, quant.cu)
     float qk_scale = 1.0f;  // Q's and K's values times this (tiny bf16: 127 / amax is +Inf)
+    float v_scale_c1 = 0.0f;  // nonzero: V's channels c % 8 == 1 take this scale instead of v_scale
 };
 
 static int failures = 0;
@@ -151,7 +155,7 @@ static void run_case(const Case& cs) {
     for (int c = 0; c < D; ++c) kb[c] = 4.0f * normal();
     Tens Q = make_tensor(B, Hq, Nq, D, cs.dt, cs.lay, qb, cs.misalign, cs.qk_scale);
     Tens K = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, kb, cs.misalign, cs.qk_scale);
-    Tens V = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, zb, cs.misalign, cs.v_scale);
+    Tens V = make_tensor(B, Hkv, Nk, D, cs.dt, cs.lay, zb, cs.misalign, cs.v_scale, cs.v_scale_c1);
 
     Problem p;
     p.B = B; p.Hq = Hq; p.Hkv = Hkv; p.Nq = Nq; p.Nk = Nk; p.D = D; p.Dp = Dp;
@@ -585,6 +589,10 @@ int main(int argc, char** argv) {
         {"exact f16 misaligned", 1, 2, 1, 70, 100, 64, F16, NHD, EXACT, PER_WARP, -1, false, false, false, 1},
         {"int8-fp8 tiny v f32", 1, 2, 1, 70, 300, 64, F32, HND, INT8_FP8, PER_WARP, -1, true, false, false, 0, 2e-39f},
         {"int8-fp8 tiny v bf16", 1, 2, 2, 70, 300, 128, BF16, NHD, INT8_FP8, PER_THREAD, -1, false, false, true, 0, 3e-36f},
+        // one lane's eight channels of quantize_v_e4m3 mixing V scales below 2^-100 and above 2^40:
+        // the 2^64 pre-scale is per channel (a shared one took 1 and misrounded the tiny channels)
+        {"int8-fp8 tiny and huge v f32", 1, 2, 1, 70, 300, 64, F32, NHD, INT8_FP8, PER_WARP, -1, false, false, false, 0, 2e-39f, 1.0f, 1e15f},
+        {"int8-fp8 tiny and huge v bf16 smooth_v", 1, 2, 1, 70, 300, 128, BF16, HND, INT8_FP8, PER_THREAD, -1, true, false, false, 0, 5e-39f, 1.0f, 2e14f},
         // group absmax below 127 / FLT_MAX (bf16 only): 127 / amax is +Inf, codes +-127 and 0
         {"int8-fp8 tiny qk bf16", 1, 2, 1, 70, 130, 128, BF16, HND, INT8_FP8, PER_WARP, -1, false, false, false, 0, 1.0f, 1e-38f},
         // the lean quantize_*_rows kernels at the granularities the cases above leave out, over

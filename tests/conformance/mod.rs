@@ -603,6 +603,54 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
             }
         }
     }
+    // V channels of far apart magnitudes side by side (f32 and bf16: f16 cannot hold them): values
+    // near 1e-38 (scales below 2^-128, whose f32 reciprocal overflows) next to scales above 2^40 in
+    // every group of eight channels. A kernel that divides by a tiny scale through one pre-scale
+    // shared by several channels gets the tiny ones wrong.
+    for (dtype, smooth_v) in [
+        (DType::F32, false),
+        (DType::BF16, true),
+        (DType::BF16, false),
+    ] {
+        salt += 1;
+        let case = Case {
+            batch: 1,
+            heads_q: 2,
+            heads_kv: 1,
+            seq_q: 70,
+            seq_k: 300,
+            head_dim: 64,
+            dtype,
+            layout: Layout::Nhd,
+        };
+        let p = AttentionParams {
+            smooth_v,
+            ..params_for(Mode::Int8Fp8, Granularity::PerWarp, false)
+        };
+        let what = format!("{} with V channels of 1e-38 and 1e15", describe(&case, &p));
+        if let Some(reason) = unsupported(backend, &case, &p) {
+            report.skipped.push(format!("{what}: {reason}"));
+            continue;
+        }
+        let (q, k, _) = case.inputs(salt, Distribution::Normal);
+        let shape = Shape::new(1, 1, case.seq_k, case.head_dim);
+        let mut rng = Rng::new(seed() ^ salt);
+        let vals: Vec<f32> = (0..shape.numel())
+            .map(|i| rng.normal() * if i % 8 == 1 { 1e15 } else { 1e-38 })
+            .collect();
+        let v = match Tensor::from_f32_hnd(&vals, shape, dtype, Layout::Nhd) {
+            Ok(v) => v,
+            Err(e) => panic!("making V for {what}: {e}"),
+        };
+        match (
+            backend.quantize(&q, &k, &v, &p),
+            cpu.quantize(&q, &k, &v, &p),
+        ) {
+            (Ok(a), Ok(b)) => compare_quantized(&what, &a, &b, &mut report),
+            (Err(e), _) => report.fail(format!("{what}: {e}")),
+            (_, Err(e)) => report.fail(format!("{what}: cpu: {e}")),
+        }
+    }
     report.finish("quantize_stage");
 }
 
