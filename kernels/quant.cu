@@ -782,6 +782,43 @@ SAGE_DEVICE void stage_q_codes(const u32 (&x)[DP / 16][4], float inv, unsigned c
     }
 }
 
+// Tile t (buffer `slot`) of a quantize_*_rows CTA's tiles [first, last): starts the copy of tile t + 1
+// into the other buffer, waits for tile t, and reads the thread's CH 16-byte chunks of its half row
+// (zeros past N). Returns the half row's absmax as a 16-bit pattern (sign masked: non-negative values
+// order as unsigned integers, Inf and NaN on top) and flags the row when that is Inf or NaN.
+template <class DT, int DP, int CH = DP / 16>
+SAGE_DEVICE u32 rows_tile_in(const typename DT::T* base, i64 sn, int N, int t, int last, int slot, u32 buf0,
+                             const unsigned char* smem, int row, int half, u32 (&x)[CH][4], int* nonfinite,
+                             i64 head) {
+    constexpr int TILE_BYTES = QUANT_TOKENS * DP * 2;
+    const int t0 = t * QUANT_TOKENS;
+    if (t + 1 < last) {
+        stage_q_rows<DT, DP>(base, sn, N, t0 + QUANT_TOKENS, buf0 + (1 - slot) * TILE_BYTES);
+        cp_async_wait_group<1>();
+    } else {
+        cp_async_wait_all();
+    }
+    __syncthreads();
+    const bool valid = t0 + row < N;
+    const unsigned char* rp = smem + slot * TILE_BYTES + row * 2 * DP;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+        const U32x4 v = *(const U32x4*)(rp + (((half * CH + c) ^ (row % 8)) * 16));
+        x[c][0] = valid ? v.x : 0u;
+        x[c][1] = valid ? v.y : 0u;
+        x[c][2] = valid ? v.z : 0u;
+        x[c][3] = valid ? v.w : 0u;
+    }
+    u32 m2 = 0u;
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) m2 = __vmaxu2(m2, x[c][e] & 0x7fff7fffu);
+    const u32 amax = max_u32(m2 & 0xffffu, m2 >> 16);
+    if (amax >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + row);
+    return amax;
+}
+
 template <class DT, int DP>
 SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int H, int N, int gran,
                                  u8* codes, float* scales, int* nonfinite, int tpc, unsigned char* smem) {
@@ -802,31 +839,9 @@ SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn
     for (int t = first; t < last; ++t) {
         const int t0 = t * QUANT_TOKENS;
         const int slot = (t - first) % 2;
-        if (t + 1 < last) {
-            stage_q_rows<DT, DP>(base, sn, N, t0 + QUANT_TOKENS, buf0 + (1 - slot) * TILE_BYTES);
-            cp_async_wait_group<1>();
-        } else {
-            cp_async_wait_all();
-        }
-        __syncthreads();
-        const bool valid = t0 + row < N;  // rows past N are zeros: codes 0, no amax
+        // rows past N are zeros: codes 0, no amax
         u32 x[CH][4];
-        const unsigned char* rp = smem + slot * TILE_BYTES + row * 2 * DP;
-#pragma unroll
-        for (int k = 0; k < CH; ++k) {
-            const U32x4 v = *(const U32x4*)(rp + (((half * CH + k) ^ (row % 8)) * 16));
-            x[k][0] = valid ? v.x : 0u;
-            x[k][1] = valid ? v.y : 0u;
-            x[k][2] = valid ? v.z : 0u;
-            x[k][3] = valid ? v.w : 0u;
-        }
-        u32 m2 = 0u;
-#pragma unroll
-        for (int k = 0; k < CH; ++k)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) m2 = __vmaxu2(m2, x[k][e] & 0x7fff7fffu);
-        u32 gm = max_u32(m2 & 0xffffu, m2 >> 16);
-        if (gm >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + row);
+        u32 gm = rows_tile_in<DT, DP>(base, sn, N, t, last, slot, buf0, smem, row, half, x, nonfinite, head);
         // the group's absmax: per-thread subgroups are lanes l, l^8, l^16, l^24 (rows r % 8 of the
         // warp's 32-token block), per-warp groups the warp, per-block groups the tile; then the other
         // half of the same rows (warp w ^ 4)
@@ -901,30 +916,10 @@ SAGE_DEVICE void quantize_k_rows(const typename DT::T* k, i64 sb, i64 sh, i64 sn
     for (int t = first; t < last; ++t) {
         const int t0 = t * QUANT_TOKENS;
         const int slot = (t - first) % 2;
-        if (t + 1 < last) {
-            stage_q_rows<DT, DP>(base, sn, N, t0 + QUANT_TOKENS, buf0 + (1 - slot) * TILE_BYTES);
-            cp_async_wait_group<1>();
-        } else {
-            cp_async_wait_all();
-        }
-        __syncthreads();
-        const bool valid = t0 + row < N;  // rows past N stay 0 (no km subtracted): codes 0, no amax
+        // rows past N stay 0 (no km subtracted): codes 0, no amax
+        const bool valid = t0 + row < N;
         u32 x[CH][4];
-        const unsigned char* rp = smem + slot * TILE_BYTES + row * 2 * DP;
-#pragma unroll
-        for (int c = 0; c < CH; ++c) {
-            const U32x4 v = *(const U32x4*)(rp + (((half * CH + c) ^ (row % 8)) * 16));
-            x[c][0] = valid ? v.x : 0u;
-            x[c][1] = valid ? v.y : 0u;
-            x[c][2] = valid ? v.z : 0u;
-            x[c][3] = valid ? v.w : 0u;
-        }
-        u32 m2 = 0u;
-#pragma unroll
-        for (int c = 0; c < CH; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) m2 = __vmaxu2(m2, x[c][e] & 0x7fff7fffu);
-        if (max_u32(m2 & 0xffffu, m2 >> 16) >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + row);
+        rows_tile_in<DT, DP>(base, sn, N, t, last, slot, buf0, smem, row, half, x, nonfinite, head);
         // K' value e (0..7) of chunk c: fl(k - km), the CPU's order; 0 on rows past N
         auto kprime = [&](int c, int e) {
             const u32 wd = x[c][e / 2];

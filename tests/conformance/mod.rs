@@ -549,6 +549,22 @@ fn compare_quantized(what: &str, got: &QuantizedQkv, cpu: &QuantizedQkv, report:
     }
 }
 
+/// One call's quantization stage on `backend` and on the CPU, compared.
+fn stage_vs_cpu(
+    backend: &dyn AttentionBackend,
+    cpu: &CpuBackend,
+    what: &str,
+    [q, k, v]: [&Tensor; 3],
+    p: &AttentionParams,
+    report: &mut Report,
+) {
+    match (backend.quantize(q, k, v, p), cpu.quantize(q, k, v, p)) {
+        (Ok(a), Ok(b)) => compare_quantized(what, &a, &b, report),
+        (Err(e), _) => report.fail(format!("{what}: {e}")),
+        (_, Err(e)) => report.fail(format!("{what}: cpu: {e}")),
+    }
+}
+
 /// The quantization stage against the CPU's, code by code and scale by scale.
 pub fn quantize_stage(backend: &dyn AttentionBackend) {
     let mut report = Report::default();
@@ -591,14 +607,7 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
                         continue;
                     }
                     let (q, k, v) = case.inputs(salt, Distribution::KOutliers);
-                    match (
-                        backend.quantize(&q, &k, &v, &p),
-                        cpu.quantize(&q, &k, &v, &p),
-                    ) {
-                        (Ok(a), Ok(b)) => compare_quantized(&what, &a, &b, &mut report),
-                        (Err(e), _) => report.fail(format!("{what}: {e}")),
-                        (_, Err(e)) => report.fail(format!("{what}: cpu: {e}")),
-                    }
+                    stage_vs_cpu(backend, &cpu, &what, [&q, &k, &v], &p, &mut report);
                 }
             }
         }
@@ -642,14 +651,7 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
             Ok(v) => v,
             Err(e) => panic!("making V for {what}: {e}"),
         };
-        match (
-            backend.quantize(&q, &k, &v, &p),
-            cpu.quantize(&q, &k, &v, &p),
-        ) {
-            (Ok(a), Ok(b)) => compare_quantized(&what, &a, &b, &mut report),
-            (Err(e), _) => report.fail(format!("{what}: {e}")),
-            (_, Err(e)) => report.fail(format!("{what}: cpu: {e}")),
-        }
+        stage_vs_cpu(backend, &cpu, &what, [&q, &k, &v], &p, &mut report);
     }
     report.finish("quantize_stage");
 }
