@@ -128,6 +128,16 @@ static int ulp_diff(float a, float b) {
     if (std::signbit(a) != std::signbit(b)) return INT_MAX;
     return std::abs((int)(ref::bits_of(a) - ref::bits_of(b)));
 }
+// A lean kernel's stage outputs against the general kernels': codes, scales and flag bit for bit.
+static void check_same_stage(const char* lean, const char* general, const std::vector<u8>& codes,
+                             const std::vector<u8>& want_codes, const std::vector<float>& scales,
+                             const std::vector<float>& want_scales, int flag, int want_flag) {
+    const bool same_codes = codes == want_codes;
+    const bool same_scales = scales.size() == want_scales.size() &&
+                             memcmp(scales.data(), want_scales.data(), scales.size() * 4) == 0;
+    printf("    %s: codes %s, scales %s\n", lean, same_codes ? "identical" : "DIFFER", same_scales ? "identical" : "DIFFER");
+    CHECK(same_codes && same_scales && flag == want_flag, "%s equals %s", lean, general);
+}
 static int v8_slot_host(int k) { return 4 * ((k % 8) / 2) + (k % 2) + 2 * (k / 8); }
 
 // ABI.md steps 2-3: block sums of EMU_STATS_TPC tiles each, then one CTA per head combines them.
@@ -285,10 +295,7 @@ static void run_case(const Case& cs) {
                 else
                     quantize_k_rows_bf16((const u16*)K.ptr(), K.sb, K.sh, K.sn, Hkv, Nk, Dp, km.data(), gran, rc.data(), rs.data(), &rflag, EMU_TPC);
             });
-            const bool same_codes = rc == k_codes;
-            const bool same_scales = memcmp(rs.data(), k_scales.data(), rs.size() * 4) == 0;
-            printf("    quantize_k_rows: codes %s, scales %s\n", same_codes ? "identical" : "DIFFER", same_scales ? "identical" : "DIFFER");
-            CHECK(same_codes && same_scales && rflag == nonfinite[1], "quantize_k_rows equals quantize_k");
+            check_same_stage("quantize_k_rows", "quantize_k", rc, k_codes, rs, k_scales, rflag, nonfinite[1]);
         }
         // 6': quantize_q_rows where the host would take it (16-bit input, INT8 codes, D = Dp, no
         // smooth_q / rotation): codes, scales and flag must equal quantize_q's bit for bit
@@ -302,10 +309,7 @@ static void run_case(const Case& cs) {
                 else
                     quantize_q_rows_bf16((const u16*)Q.ptr(), Q.sb, Q.sh, Q.sn, Hq, Nq, Dp, gran, rc.data(), rs.data(), &rflag, EMU_TPC);
             });
-            const bool same_codes = rc == q_codes;
-            const bool same_scales = memcmp(rs.data(), q_scales.data(), rs.size() * 4) == 0;
-            printf("    quantize_q_rows: codes %s, scales %s\n", same_codes ? "identical" : "DIFFER", same_scales ? "identical" : "DIFFER");
-            CHECK(same_codes && same_scales && rflag == nonfinite[0], "quantize_q_rows equals quantize_q");
+            check_same_stage("quantize_q_rows", "quantize_q", rc, q_codes, rs, q_scales, rflag, nonfinite[0]);
         }
         // 7 (quantize_v_f16 takes one tile per CTA, quantize_v_e4m3 QUANT_TPC)
         emu_launch({(unsigned)(fp8 ? ((Nk + 127) / 128 + EMU_TPC - 1) / EMU_TPC : (Nk + 127) / 128), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
@@ -333,11 +337,8 @@ static void run_case(const Case& cs) {
                     else
                         quantize_v_cols_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, rsv.data(), rvt.data(), &rflag);
                 });
-                const bool same_codes = rvt == vt;
-                const bool same_scales = memcmp(rsv.data(), sv.data(), rsv.size() * 4) == 0;
-                printf("    quantize_v_cols (%d channels): codes %s, scales %s\n", cw, same_codes ? "identical" : "DIFFER",
-                       same_scales ? "identical" : "DIFFER");
-                CHECK(same_codes && same_scales && rflag == nonfinite[2], "quantize_v_cols equals quantize_v_e4m3");
+                const std::string lean = "quantize_v_cols (" + std::to_string(cw) + " channels)";
+                check_same_stage(lean.c_str(), "kv_stats + quantize_v_e4m3", rvt, vt, rsv, sv, rflag, nonfinite[2]);
             }
         }
         CHECK(nonfinite[0] == INT_MAX && nonfinite[1] == INT_MAX && nonfinite[2] == INT_MAX, "nonfinite flags set");

@@ -64,13 +64,18 @@ fn q_rows_smem_bytes(dp: usize) -> u32 {
 /// Threads of a quantize_q_rows CTA (`QROWS_THREADS`).
 const Q_ROWS_THREADS: u32 = 256;
 
-/// Whether quantize_q_rows can take Q's Step 3 (quant.cu): 16-bit input in a 16-byte aligned buffer
-/// (rows of D = Dp channels are then whole 16-byte chunks in both layouts), INT8 codes, no smooth_q,
+/// The input the lean quantize kernels (`quantize_{q,k}_rows`, `quantize_v_cols`) read: 16-bit
+/// values in a 16-byte aligned buffer with D = Dp, so rows are whole 16-byte chunks in both layouts.
+fn lean_input(p: &Problem, ptr: Arg) -> bool {
+    matches!(p.dtype, DType::F16 | DType::BF16)
+        && matches!(ptr, Arg::Ptr(a) if a % 16 == 0)
+        && p.head_dim == p.head_dim_padded
+}
+
+/// Whether quantize_q_rows can take Q's Step 3 (quant.cu): a lean input, INT8 codes, no smooth_q,
 /// no rotation, no q . km (the log-sum-exp needs it).
 fn q_rows_case(p: &Problem, q_ptr: Arg) -> bool {
-    matches!(p.dtype, DType::F16 | DType::BF16)
-        && matches!(q_ptr, Arg::Ptr(a) if a % 16 == 0)
-        && p.head_dim == p.head_dim_padded
+    lean_input(p, q_ptr)
         && p.mode.qk_qmax() == Some(127)
         && !p.smooth_q
         && !p.rotate
@@ -83,27 +88,19 @@ fn k_rows_smem_bytes(dp: usize) -> u32 {
     (2 * QT * dp * 2 + 4 * Q_ROWS_THREADS as usize + 4 * dp) as u32
 }
 
-/// Whether quantize_k_rows can take K's Step 3 (quant.cu): 16-bit input in a 16-byte aligned buffer,
-/// D = Dp, INT8 codes (so no INT4 copy for dS either), no rotation.
+/// Whether quantize_k_rows can take K's Step 3 (quant.cu): a lean input, INT8 codes (so no INT4
+/// copy for dS either), no rotation.
 fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
-    matches!(p.dtype, DType::F16 | DType::BF16)
-        && matches!(k_ptr, Arg::Ptr(a) if a % 16 == 0)
-        && p.head_dim == p.head_dim_padded
-        && p.mode.qk_qmax() == Some(127)
-        && !p.rotate
+    lean_input(p, k_ptr) && p.mode.qk_qmax() == Some(127) && !p.rotate
 }
 
 /// quantize_v_cols (quant.cu) for Step 7 where it applies: FP8 V without smooth_v (the scales are
-/// then the channels' absmax alone), 16-bit input in a 16-byte aligned buffer, D = Dp, and a head's
+/// then the channels' absmax alone), a lean input, and a head's
 /// slice of `cw` channels of every token fitting in shared memory. Returns `cw`: 16 channels (whole
 /// 32-byte sectors of each row) while the slice leaves room for two CTAs per multiprocessor, else 8;
 /// `force` (8 or 16, from `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
 fn v_cols_width(p: &Problem, v_ptr: Arg, nk_pad: usize, force: Option<usize>) -> Option<usize> {
-    let case = p.mode.is_fp8_pv()
-        && !p.smooth_v
-        && matches!(p.dtype, DType::F16 | DType::BF16)
-        && matches!(v_ptr, Arg::Ptr(a) if a % 16 == 0)
-        && p.head_dim == p.head_dim_padded;
+    let case = p.mode.is_fp8_pv() && !p.smooth_v && lean_input(p, v_ptr);
     let fits = |cw: usize, limit: usize| v_cols_smem_bytes(nk_pad, cw) as usize <= limit * 1024;
     match force {
         Some(cw) => (case && fits(cw, 200)).then_some(cw),
@@ -888,7 +885,7 @@ impl CudaBackend {
         // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
         let v_cols = self
             .v_cols
-            .and_then(|force| v_cols_width(p, self.ptr(v.0), nk.div_ceil(QT) * QT, force));
+            .and_then(|force| v_cols_width(p, self.ptr(v.0), nk_pad, force));
         if (fp8 || p.smooth_v) && v_cols.is_none() {
             stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
         }
@@ -1020,7 +1017,7 @@ impl CudaBackend {
                 &format!("quantize_v_cols_{dt}"),
                 [dp / cw, hk, b],
                 256,
-                v_cols_smem_bytes(nk.div_ceil(QT) * QT, cw),
+                v_cols_smem_bytes(nk_pad, cw),
                 &[],
                 &args,
             )?;
