@@ -642,7 +642,7 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
             continue;
         }
         let (q, k, _) = case.inputs(salt, Distribution::Normal);
-        let shape = Shape::new(1, 1, case.seq_k, case.head_dim);
+        let shape = Shape::new(case.batch, case.heads_kv, case.seq_k, case.head_dim);
         let mut rng = Rng::new(seed() ^ salt);
         let vals: Vec<f32> = (0..shape.numel())
             .map(|i| rng.normal() * if i % 8 == 1 { 1e15 } else { 1e-38 })
