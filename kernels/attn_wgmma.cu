@@ -3,7 +3,7 @@
 // kernel's (the same scale groups, folds and two-level accumulation) with kv_block = KVT, the KV tile:
 // 128 (this backend's default for int8-fp8 on Hopper) or 64 (the mma.sync kernels' value).
 //
-// Two CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
+// Three CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
 //   pair (entries without suffix): three warpgroups, 128 query rows of one (batch, query head), one CTA
 //     per SM. Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of the Q tile
 //     and of K_j, V_j for every KV tile j into a ring of STAGES slots; each copy completes on its slot's
@@ -13,6 +13,12 @@
 //     slot is refilled as soon as the four warps release it), two CTAs per SM at up to 255 registers.
 //     Its two CTAs per SM share nothing; measured faster than the pair only at DP = 64 with few KV
 //     tiles (BENCHMARKS.md, session 7), where the host picks it.
+//   persistent (`_persist`): the pair with one CTA per SM looping over work items (CTA c takes items c,
+//     c + gridDim.x, ...). The ring runs on across items; the Q tile and sv / vm are double-buffered,
+//     so the producer loads item n + 1's while item n's last tiles and epilogue run; the outputs go
+//     through their own staging area, copied out by the producer's other three warps while the
+//     consumers start the next item. The host takes it without a causal mask up to 2048 keys, where
+//     a CTA's fixed costs are a large share (BENCHMARKS.md, session 10).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
@@ -51,9 +57,13 @@
 #define WG_BAR_OWN 1  // 1, 2: each consumer's own barrier (dS, the staged outputs)
 #define WG_BAR_EPI 3  // every consumer past its last P V: the ring can hold the outputs
 
-// The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo.
-template <int NC>
+// The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo. PERSIST
+// (pair only): one CTA per SM that loops over work items, so the next item's Q tile, sv / vm and first
+// K/V tiles load while the current one ends, and the producer's other warps copy the staged outputs
+// out while the consumers start the next item.
+template <int NC, bool PERSIST = false>
 struct WgForm {
+    static_assert(!PERSIST || NC > 1, "the persistent form is the pair's");
     static constexpr int CONSUMERS = NC;
     static constexpr bool PRODUCER = NC > 1;
     static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
@@ -62,6 +72,8 @@ struct WgForm {
     // (3 * 32 KiB + its Q tile at KVT = DP = 128).
     static constexpr int STAGES = NC > 1 ? 4 : 3;
     static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
+    // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
+    static constexpr int BUFS = PERSIST ? 2 : 1;
 };
 
 // A 128-byte CUtensorMap, passed by value (__grid_constant__) so TMA reads it from parameter space.
@@ -73,25 +85,31 @@ struct __align__(64) TmaMap {
 // is a row, as the host's tensor maps write it.
 __host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes == 128 ? 1u : 2u; }
 
-// Shared-memory plan (bytes from a 1024-aligned base): Q | K ring | V ring | mbarriers | qm | dS |
-// sv, vm. The host asks for `BYTES + 1024` of dynamic shared memory (ABI.md) and the kernel aligns
-// the base.
-template <int DP, int KVT, int NC>
+// Shared-memory plan (bytes from a 1024-aligned base): Q (x BUFS) | K ring | V ring | mbarriers | qm |
+// dS | sv, vm (x BUFS) | [persistent] staged outputs. The host asks for `BYTES + 1024` of dynamic
+// shared memory (ABI.md) and the kernel aligns the base.
+template <int DP, int KVT, int NC, bool PERSIST = false>
 struct WgSmem {
-    typedef WgForm<NC> F;
+    typedef WgForm<NC, PERSIST> F;
     static constexpr int Q_BYTES = F::Q_TILE * DP;
     static constexpr int K_BYTES = KVT * DP;
     static constexpr int V_BYTES = DP * KVT;
-    static constexpr int K_OFF = Q_BYTES;
+    static constexpr int K_OFF = F::BUFS * Q_BYTES;
     static constexpr int V_OFF = K_OFF + F::STAGES * K_BYTES;
     static constexpr int BAR_OFF = V_OFF + F::STAGES * V_BYTES;
-    // barriers: q_full, epi_full, then k_full, k_empty, v_full, v_empty for each stage
-    static constexpr int QM_OFF = BAR_OFF + 8 * (2 + 4 * F::STAGES);
+    // barriers: q_full and epi_full per buffer, [persistent] item_empty per buffer, out_full,
+    // out_empty; then k_full, k_empty, v_full, v_empty for each stage
+    static constexpr int HEAD_BARS = PERSIST ? 8 : 2;
+    static constexpr int QM_OFF = BAR_OFF + 8 * (HEAD_BARS + 4 * F::STAGES);
     // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
     static constexpr int DS_OFF = QM_OFF + 4 * NC * DP;
     // the epilogue's sv and vm of the item's head (16-byte aligned for the bulk copy)
     static constexpr int EPI_OFF = DS_OFF + 4 * NC * 2 * KVT;
-    static constexpr int BYTES = EPI_OFF + 4 * 2 * DP;
+    static constexpr int EPI_BYTES = 4 * 2 * DP;
+    // persistent: the consumers' 16-bit outputs (the pair form stages them in its ring, which the
+    // persistent form is already filling with the next item's tiles by then)
+    static constexpr int STAGE_OFF = EPI_OFF + F::BUFS * EPI_BYTES;
+    static constexpr int BYTES = STAGE_OFF + (PERSIST ? F::Q_TILE * DP * 2 : 0);
     static_assert(EPI_OFF % 16 == 0, "bulk copies need 16-byte aligned destinations");
     static constexpr u32 QK_SWIZZLE = swizzle_mode(DP);
     static constexpr u32 V_SWIZZLE = swizzle_mode(KVT);
@@ -137,7 +155,7 @@ SAGE_DEVICE void merge_block(float (&o)[N], const float (&f)[N], const float (&a
 // INT8 K codes the tile holds anyway (int8-fp8: those of Step 3). KVT/128 keys per thread of the
 // warpgroup (KVT = 64: two threads per key, half of the channels each).
 template <int DP, int KVT>
-SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const float* k_scales_head, int gran,
+SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const float* k_scales, int k_head_at, int gran,
                          int k0, int Nk, float logit_scale, int wtid) {
     constexpr int SPLIT = 128 / KVT;  // threads per key
     constexpr int CHUNKS = DP / 16 / SPLIT;
@@ -163,7 +181,7 @@ SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const flo
     if (part == 0) {
         const int n = k0 + key;
         const int groups_k = k_scale_groups(gran, Nk);
-        const float ds = n < Nk ? acc * k_scales_head[k_scale_group(gran, n) < groups_k ? k_scale_group(gran, n) : 0] : 0.0f;
+        const float ds = n < Nk ? acc * k_scales[k_head_at + (k_scale_group(gran, n) < groups_k ? k_scale_group(gran, n) : 0)] : 0.0f;
         ds_out[key] = __fmul_rn(ds, logit_scale);  // in base-2 logits, like sq
     }
 }
@@ -205,30 +223,37 @@ SAGE_DEVICE void stage_outputs(const float (&o)[CT * 4], const SOFTMAX& sm, cons
     }
 }
 
-template <int DP, int KVT, int NC, class OUT>
+template <int DP, int KVT, int NC, bool PERSIST, class OUT>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
                             const float* __restrict__ v_scales, const float* __restrict__ vm,
                             const float* __restrict__ qm, const float* __restrict__ qkm, void* __restrict__ out_ptr,
                             i64 o_sb, i64 o_sh, i64 o_sn, float* __restrict__ lse, int B, int Hq, int Hkv, int Nq,
                             int Nk, int D, int gran, int causal, float sm_scale) {
-    typedef WgForm<NC> F;
-    typedef WgSmem<DP, KVT, NC> L;
+    typedef WgForm<NC, PERSIST> F;
+    typedef WgSmem<DP, KVT, NC, PERSIST> L;
     constexpr int STAGES = F::STAGES;
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
     typedef typename OUT::T OutT;
+    constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     unsigned char* base_ptr = smem_raw + (base - smem_addr(smem_raw));
     const u32 s_k = base + L::K_OFF, s_v = base + L::V_OFF;
     const u32 bars = base + L::BAR_OFF;
-    const u32 q_full = bars, epi_full = bars + 8;
-    auto k_full = [&](int s) { return bars + 8 * (2 + s); };
-    auto k_empty = [&](int s) { return bars + 8 * (2 + STAGES + s); };
-    auto v_full = [&](int s) { return bars + 8 * (2 + 2 * STAGES + s); };
-    auto v_empty = [&](int s) { return bars + 8 * (2 + 3 * STAGES + s); };
+    auto q_full = [&](int b) { return bars + 8 * b; };
+    auto epi_full = [&](int b) { return bars + 8 * (F::BUFS + b); };
+    // persistent form: buffer b's Q tile and sv / vm are free again (every consumer warp is past the
+    // epilogue of the item that used them); the staged outputs are written (every consumer warp) and
+    // copied out (the producer's three copying warps)
+    auto item_empty = [&](int b) { return bars + 8 * (2 * F::BUFS + b); };
+    const u32 out_full = bars + 8 * 6, out_empty = bars + 8 * 7;
+    auto k_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + s); };
+    auto k_empty = [&](int s) { return bars + 8 * (L::HEAD_BARS + STAGES + s); };
+    auto v_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + 2 * STAGES + s); };
+    auto v_empty = [&](int s) { return bars + 8 * (L::HEAD_BARS + 3 * STAGES + s); };
 
     const int tid = threadIdx.x;
     // The warpgroup index through a shuffle, so the compiler knows it is warp-uniform: wgmma code on a
@@ -237,17 +262,19 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int nq_pad = round_up(Nq, QUANT_TOKENS), nk_pad = round_up(Nk, QUANT_TOKENS);
     const bool is_causal = causal != 0;
     const bool smooth = qm != nullptr;
-    // The work item (query tile, head, batch) of this CTA, query tile fastest so that the CTAs running
-    // at one time share K/V heads in L2; causal: the last query tiles see the most keys, so they come
-    // first. Registers are scarce in the consumers (the pair's kv128 x hd128 kernel is at its 240), so
-    // the item is recomputed from blockIdx where needed rather than kept live through the KV loop.
+    // Work item w (query tile, head, batch): the CTA's blockIdx.x, or (persistent) blockIdx.x and every
+    // gridDim.x-th after it. Query tile fastest so that the CTAs running at one time share K/V heads in
+    // L2; causal: the last query tiles see the most keys, so they come first. Registers are scarce in
+    // the consumers (the pair's kv128 x hd128 kernel is at its 240), so the item is recomputed from w
+    // where needed rather than kept live through the KV loop.
     const int n_qt = ceil_div(Nq, F::Q_TILE);
+    const int n_items = n_qt * Hq * B;
+    const int w_step = PERSIST ? (int)gridDim.x : n_items;
     struct Item {
         int qt, h, b, n_tiles;
         i64 qhead, khead;
     };
-    auto item = [&]() {
-        const int w = blockIdx.x;
+    auto item = [&](int w) {
         Item it;
         it.qt = n_qt - 1 - w % n_qt;
         it.h = (w / n_qt) % Hq;
@@ -258,36 +285,53 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         it.n_tiles = key_end > 0 ? ceil_div(key_end, KVT) : 0;
         return it;
     };
+    auto out_base = [&](const Item& it) { return (OutT*)out_ptr + (i64)it.b * o_sb + (i64)it.h * o_sh; };
+    // Whether an item's rows go out through shared memory as whole 16-byte chunks (else lane by lane:
+    // a padded head dim, an unaligned row; the persistent form's staging area holds 16-bit rows).
+    auto staged_out = [&](const Item& it) {
+        return D == DP && (u64)out_base(it) % 16 == 0 && (o_sn * (i64)sizeof(OutT)) % 16 == 0 &&
+               (!PERSIST || sizeof(OutT) == 2);
+    };
     // Copies of the padded code buffers: the Q tile (rows [Q_TILE qt, + Q_TILE), always inside the
-    // buffer) and KV tile j of the item's head into ring slot s.
-    auto load_q = [&]() {
-        const Item it = item();
-        mbar_arrive_expect_tx(q_full, L::Q_BYTES);
-        tma_load_2d(base, &q_map, 0, (int)(it.qhead * nq_pad + it.qt * F::Q_TILE), q_full);
+    // buffer) into buffer b, and KV tile j of the item's head into ring slot s.
+    auto load_q = [&](int w, int b) {
+        const Item it = item(w);
+        mbar_arrive_expect_tx(q_full(b), L::Q_BYTES);
+        tma_load_2d(base + b * L::Q_BYTES, &q_map, 0, (int)(it.qhead * nq_pad + it.qt * F::Q_TILE), q_full(b));
     };
     // The epilogue's sv (and vm) of the head, copied at the start: read from global memory at the end,
     // their latency sat between the last P V and the stores of every CTA (BENCHMARKS.md, session 7).
-    auto load_epilogue = [&]() {
-        const i64 at = item().khead * DP;
-        mbar_arrive_expect_tx(epi_full, (vm != nullptr ? 2 : 1) * 4 * DP);
-        bulk_load(base + L::EPI_OFF, v_scales + at, 4 * DP, epi_full);
-        if (vm != nullptr) bulk_load(base + L::EPI_OFF + 4 * DP, vm + at, 4 * DP, epi_full);
+    auto load_epilogue = [&](int w, int b) {
+        const i64 at = item(w).khead * DP;
+        const u32 dst = base + L::EPI_OFF + b * L::EPI_BYTES;
+        mbar_arrive_expect_tx(epi_full(b), (vm != nullptr ? 2 : 1) * 4 * DP);
+        bulk_load(dst, v_scales + at, 4 * DP, epi_full(b));
+        if (vm != nullptr) bulk_load(dst + 4 * DP, vm + at, 4 * DP, epi_full(b));
     };
     // KV tile j's box: K rows of the head's padded codes, V^T columns (its rows are the head's DP).
-    auto k_row = [&](int j) { return (int)(item().khead * nk_pad + j * KVT); };
-    auto v_row = [&]() { return (int)(item().khead * DP); };
-    auto load_k = [&](int j, int s) {
+    auto k_row = [&](int w, int j) { return (int)(item(w).khead * nk_pad + j * KVT); };
+    auto v_row = [&](int w) { return (int)(item(w).khead * DP); };
+    auto load_k = [&](int w, int j, int s) {
         mbar_arrive_expect_tx(k_full(s), L::K_BYTES);
-        tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, k_row(j), k_full(s));
+        tma_load_2d(s_k + s * L::K_BYTES, &k_map, 0, k_row(w, j), k_full(s));
     };
-    auto load_v = [&](int j, int s) {
+    auto load_v = [&](int w, int j, int s) {
         mbar_arrive_expect_tx(v_full(s), L::V_BYTES);
-        tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, v_row(), v_full(s));
+        tma_load_2d(s_v + s * L::V_BYTES, &v_map, j * KVT, v_row(w), v_full(s));
     };
 
     if (tid == 0) {
-        mbar_init(q_full, 1);
-        mbar_init(epi_full, 1);
+        for (int b = 0; b < F::BUFS; ++b) {
+            mbar_init(q_full(b), 1);
+            mbar_init(epi_full(b), 1);
+            if (PERSIST) mbar_init(item_empty(b), NC * WG_THREADS);
+        }
+        // every thread that wrote or read the staged outputs arrives itself (an arrival by one lane after
+        // __syncwarp orders the warp's accesses as well, but compute-sanitizer's racecheck does not see it)
+        if (PERSIST) {
+            mbar_init(out_full, NC * WG_THREADS);
+            mbar_init(out_empty, WG_THREADS - 32);
+        }
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
@@ -307,16 +351,46 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 tma_prefetch_map(&q_map);
                 tma_prefetch_map(&k_map);
                 tma_prefetch_map(&v_map);
-                load_q();
-                load_epilogue();
-                const int n_tiles = item().n_tiles;
-                for (int j = 0; j < n_tiles; ++j) {
-                    const int s = j % STAGES;
-                    const u32 parity = (j / STAGES) & 1;
-                    mbar_wait(k_empty(s), parity ^ 1);
-                    load_k(j, s);
-                    mbar_wait(v_empty(s), parity ^ 1);
-                    load_v(j, s);
+                int g = 0;  // KV tiles issued before this item: the ring's position
+                for (int w = blockIdx.x, n = 0; w < n_items; w += w_step, ++n) {
+                    const int b = n % F::BUFS;
+                    if (PERSIST) mbar_wait(item_empty(b), ((n / 2) & 1) ^ 1);  // item n - 2 is done with it
+                    load_q(w, b);
+                    load_epilogue(w, b);
+                    const int n_tiles = item(w).n_tiles;
+                    // rolled: the producer has 24 registers (unrolled, the persistent loop spilled)
+#pragma unroll 1
+                    for (int j = 0; j < n_tiles; ++j) {
+                        const int s = (g + j) % STAGES;
+                        const u32 parity = ((g + j) / STAGES) & 1;
+                        mbar_wait(k_empty(s), parity ^ 1);
+                        load_k(w, j, s);
+                        mbar_wait(v_empty(s), parity ^ 1);
+                        load_v(w, j, s);
+                    }
+                    g += n_tiles;
+                }
+            } else if (PERSIST && tid >= 32) {
+                // Warps 1-3 copy each item's staged outputs out (whole 16-byte chunks of rows) while the
+                // consumers go on with the next item.
+                constexpr int CHUNKS = RB / 16;
+                const unsigned char* stage = base_ptr + L::STAGE_OFF;
+                for (int w = blockIdx.x, n = 0; w < n_items; w += w_step, ++n) {
+                    mbar_wait(out_full, n & 1);
+                    const Item it = item(w);
+                    if (staged_out(it)) {
+                        OutT* obase = out_base(it);
+                        const int r0 = it.qt * F::Q_TILE;
+#pragma unroll 1
+                        for (int i = tid - 32; i < F::Q_TILE * CHUNKS; i += WG_THREADS - 32) {
+                            const int row = i / CHUNKS, ch = i % CHUNKS;
+                            if (r0 + row < Nq) {
+                                const uint4 v = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
+                                *(uint4*)((unsigned char*)(obase + (i64)(r0 + row) * o_sn) + ch * 16) = v;
+                            }
+                        }
+                    }
+                    mbar_arrive(out_empty);
                 }
             }
             return;
@@ -324,12 +398,12 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         regs_claim<WG_CONSUMER_REGS>();
     } else if (tid == 0) {
         // solo: the ring's first STAGES tiles; the rest as slots come free (refill_k / refill_v)
-        load_q();
-        load_epilogue();
-        const int first = min(item().n_tiles, STAGES);
+        load_q(blockIdx.x, 0);
+        load_epilogue(blockIdx.x, 0);
+        const int first = min(item(blockIdx.x).n_tiles, STAGES);
         for (int j = 0; j < first; ++j) {
-            load_k(j, j);
-            load_v(j, j);
+            load_k(blockIdx.x, j, j);
+            load_v(blockIdx.x, j, j);
         }
     }
 
@@ -343,246 +417,274 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int ksubs = k_group_shape(gran).subs;
     float* s_qm = (float*)(base_ptr + L::QM_OFF) + cw * DP;
     float* s_ds = (float*)(base_ptr + L::DS_OFF) + cw * 2 * KVT;
-
-    const int n_tiles = item().n_tiles;
-    auto slot = [&](int j) { return j % STAGES; };
-    auto phase = [&](int j) { return (u32)((j / STAGES) & 1); };
     // solo: once every warp has released tile j's K (V) slot, warp 0 has the copy of tile j + STAGES
     // go into it. The wait is for the other warps only, which run the same wgmmas in step; the branch
     // is warp-uniform and one lane issues by predicate (tma_load_2d_by: C7520 otherwise).
     const bool issuer = !F::PRODUCER && __shfl_sync(FULL_MASK, wtid < 32, 0);
-    auto refill_k = [&](int j) {
-        if (issuer && j + STAGES < n_tiles) {
-            const int s = slot(j);
-            mbar_wait(k_empty(s), phase(j));
-            tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, k_row(j + STAGES), k_full(s), L::K_BYTES);
-        }
-    };
-    auto refill_v = [&](int j) {
-        if (issuer && j + STAGES < n_tiles) {
-            const int s = slot(j);
-            mbar_wait(v_empty(s), phase(j));
-            tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, v_row(), v_full(s), L::V_BYTES);
-        }
-    };
-    // A slot this consumer does not compute on: wait for it to land, hand it back.
-    auto release_k = [&](int j) {
-        mbar_wait(k_full(slot(j)), phase(j));
-        __syncwarp();
-        if (lane == 0) mbar_arrive(k_empty(slot(j)));
-    };
-    auto release_v = [&](int j) {
-        mbar_wait(v_full(slot(j)), phase(j));
-        __syncwarp();
-        if (lane == 0) mbar_arrive(v_empty(slot(j)));
-    };
 
-    const int q0 = item().qt * F::Q_TILE + 64 * cw;
-    const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
-    const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
-    const int my_tiles = my_end > 0 ? ceil_div(my_end, KVT) : 0;
-    // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
-    // with sm_scale * log2(e) folded in as attn_mma.cu does.
-    const int gq = q_scale_group(gran, row0);
-    const float sq = __fmul_rn(gq < groups_q ? q_scales[item().qhead * groups_q + gq] : 1.0f, logit_scale);
-    const int sk_base = (int)(item().khead * groups_k) + (gran == GRAN_PER_THREAD ? t : 0);
-    auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
-    if (smooth) {
-        // the CTA's rows lie in one smooth_q block (Q_TILE divides Q_SMOOTH_BLOCK)
-        const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
-        const Item it = item();
-        const i64 block = it.qt * F::Q_TILE / Q_SMOOTH_BLOCK;
-        for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + block) * DP + c];
-        named_sync(WG_BAR_OWN + cw, WG_THREADS);
-    }
-    const u64 q_desc = smem_desc(base + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
+    int gb = 0;  // KV tiles of the CTA's earlier items (persistent form): the ring's position
+    for (int w = blockIdx.x; w < n_items; w += w_step) {
+        // the CTA's items before this one (from w: one register less through the KV loop)
+        const int n = (w - (int)blockIdx.x) / w_step;
+        // the item's Q / sv / vm buffer and the phase of its barriers (evaluated where used, from n)
+        auto qb = [&]() { return n % F::BUFS; };
+        auto q_phase = [&]() { return (u32)((n / 2) & 1); };
+        const int n_tiles = item(w).n_tiles;
+        // the ring slot of the item's tile j, and the phase of its barriers
+        auto slot = [&](int j) { return (gb + j) % STAGES; };
+        auto phase = [&](int j) { return (u32)(((gb + j) / STAGES) & 1); };
+        auto refill_k = [&](int j) {
+            if (issuer && j + STAGES < n_tiles) {
+                const int s = slot(j);
+                mbar_wait(k_empty(s), phase(j));
+                tma_load_2d_by(lane == 0, s_k + s * L::K_BYTES, &k_map, 0, k_row(w, j + STAGES), k_full(s),
+                               L::K_BYTES);
+            }
+        };
+        auto refill_v = [&](int j) {
+            if (issuer && j + STAGES < n_tiles) {
+                const int s = slot(j);
+                mbar_wait(v_empty(s), phase(j));
+                tma_load_2d_by(lane == 0, s_v + s * L::V_BYTES, &v_map, (j + STAGES) * KVT, v_row(w), v_full(s),
+                               L::V_BYTES);
+            }
+        };
+        // A slot this consumer does not compute on: wait for it to land, hand it back.
+        auto release_k = [&](int j) {
+            mbar_wait(k_full(slot(j)), phase(j));
+            __syncwarp();
+            if (lane == 0) mbar_arrive(k_empty(slot(j)));
+        };
+        auto release_v = [&](int j) {
+            mbar_wait(v_full(slot(j)), phase(j));
+            __syncwarp();
+            if (lane == 0) mbar_arrive(v_empty(slot(j)));
+        };
 
-    OnlineSoftmax<NT> sm;
-    sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
-    float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
-#pragma unroll
-    for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
-
-    mbar_wait(q_full, 0);
-    // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
-    // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
-    // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
-    // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
-    // wgmma: C7514, an accumulator read inside a pipeline stage.)
-    u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
-    float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
-    float alpha_prev[2] = {1.0f, 1.0f};
-    for (int j = 0; j < my_tiles; ++j) {
-        const int s = slot(j);
-        const u32 parity = phase(j);
-        const int sp = slot(j - 1);  // tile j-1's slot
-        const u32 parity_p = phase(j - 1);
-        // The K scales of the tile, one per 64-key group (loaded here: a register each through the
-        // loop would cost more than their latency, which the wgmma issue below hides).
-        float sk[NG];
-#pragma unroll
-        for (int gi = 0; gi < NG; ++gi) {
-            const int kg = j * NG + gi;
-            sk[gi] = kg < ceil_div(Nk, 64) ? sk_lane(kg * ksubs) : 1.0f;
-        }
-
-        int acc[NT][4];
-        int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
-        mbar_wait(k_full(s), parity);
-        wgmma_fence();
-        {
-            // ---- scores (issued) ----
-            const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
-#pragma unroll
-            for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
-                wgmma_scores<KVT>(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
-            wgmma_commit();
-        }
-        float* ds = s_ds + (j & 1) * KVT;
+        const int q0 = item(w).qt * F::Q_TILE + 64 * cw;
+        const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;  // the two rows this lane holds
+        const int my_end = q0 < Nq ? tile_key_end(q0, 64, Nq, Nk, is_causal) : 0;
+        const int my_tiles = my_end > 0 ? ceil_div(my_end, KVT) : 0;
+        // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
+        // with sm_scale * log2(e) folded in as attn_mma.cu does.
+        const int gq = q_scale_group(gran, row0);
+        const float sq = __fmul_rn(gq < groups_q ? q_scales[item(w).qhead * groups_q + gq] : 1.0f, logit_scale);
+        // the lane's K scale column (per-thread groups), from a fresh %laneid: kept from the prologue, the
+        // value spilled in the persistent kv64 x hd128 form
+        auto t_k = [&]() {
+            u32 ln;
+            asm volatile("mov.u32 %0, %%laneid;" : "=r"(ln));
+            return gran == GRAN_PER_THREAD ? (int)(ln % 4) : 0;
+        };
+        const int sk_base = (int)(item(w).khead * groups_k) + t_k();
+        auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
         if (smooth) {
-            // dS of tile j while the tensor cores run (double-buffered: one barrier per tile suffices,
-            // as no thread can pass the next barrier before every thread is done reading this buffer).
-            tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales + sk_base - (gran == GRAN_PER_THREAD ? t : 0),
-                             gran, j * KVT, Nk, logit_scale, wtid);
+            // the CTA's rows lie in one smooth_q block (Q_TILE divides Q_SMOOTH_BLOCK)
+            const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
+            const Item it = item(w);
+            const i64 block = it.qt * F::Q_TILE / Q_SMOOTH_BLOCK;
+            if (n > 0) named_sync(WG_BAR_OWN + cw, WG_THREADS);  // every thread is done with the last item's
+            for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + block) * DP + c];
             named_sync(WG_BAR_OWN + cw, WG_THREADS);
         }
-        // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
-        // when it cannot pair them.
-        if (j > 0) {
-            // ---- pv of tile j-1 (issued) ----
-            mbar_wait(v_full(sp), parity_p);
-            pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
-            wgmma_wait<1>();  // S_j is done (groups complete in order)
-        } else {
-            wgmma_wait<0>();
-        }
-        reg_fence(acc_flat);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(k_empty(s));
-        refill_k(j);
+        const u64 q_desc = smem_desc(base + qb() * L::Q_BYTES + cw * 64 * DP, 8 * DP, L::QK_SWIZZLE);
 
-        // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
-        // Unmasked tiles without dS take the softmax straight from the unscaled dot products
-        // (attn_mma.cu), one scale per 64-key group.
-        float sqk[NG];
+        OnlineSoftmax<NT> sm;
+        sm.init(LOG2_E4M3_MAX);  // p comes out as 448 p, ready for e4m3
+        float o[CT * 4];  // wgmma accumulator layout: o[4 ct + 2 r + e] = row r, channel 8 ct + 2 t + e
 #pragma unroll
-        for (int gi = 0; gi < NG; ++gi) sqk[gi] = __fmul_rn(sq, sk[gi]);
-        const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
-        const bool fused = !smooth && logit_scale > 0.0f && !masked;
-        float sc[NT][4];
-        float alpha[2];
-        if (fused) {
-            // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
-            sm.update_biased(acc, sc, sqk, alpha);
-        } else {
+        for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
+
+        mbar_wait(q_full(qb()), q_phase());
+        // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
+        // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
+        // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
+        // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
+        // wgmma: C7514, an accumulator read inside a pipeline stage.)
+        u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
+        float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
+        float alpha_prev[2] = {1.0f, 1.0f};
+        for (int j = 0; j < my_tiles; ++j) {
+            const int s = slot(j);
+            const u32 parity = phase(j);
+            const int sp = slot(j - 1);  // tile j-1's slot
+            const u32 parity_p = phase(j - 1);
+            // The K scales of the tile, one per 64-key group (loaded here: a register each through the
+            // loop would cost more than their latency, which the wgmma issue below hides).
+            float sk[NG];
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
-                    if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
-                    sc[nt][e] = v;
-                }
+            for (int gi = 0; gi < NG; ++gi) {
+                const int kg = j * NG + gi;
+                sk[gi] = kg < ceil_div(Nk, 64) ? sk_lane(kg * ksubs) : 1.0f;
             }
-            // ---- causal_mask (and keys >= Nk) ----
-            if (masked) mask_tile(sc, j * KVT, t, row0, row1, Nq, Nk, is_causal);
-            sm.update(sc, alpha);
-        }
 
-        if (j > 0) {
+            int acc[NT][4];
+            int(&acc_flat)[NT * 4] = reinterpret_cast<int(&)[NT * 4]>(acc);
+            mbar_wait(k_full(s), parity);
+            wgmma_fence();
+            {
+                // ---- scores (issued) ----
+                const u64 k_desc = smem_desc(s_k + s * L::K_BYTES, 8 * DP, L::QK_SWIZZLE);
+#pragma unroll
+                for (int ks = 0; ks < DP / 32; ++ks)  // a 32-byte k-step is +2 in the 16-byte address field
+                    wgmma_scores<KVT>(acc_flat, q_desc + 2 * ks, k_desc + 2 * ks, ks);
+                wgmma_commit();
+            }
+            float* ds = s_ds + (j & 1) * KVT;
+            if (smooth) {
+                // dS of tile j while the tensor cores run (double-buffered: one barrier per tile suffices,
+                // as no thread can pass the next barrier before every thread is done reading this buffer).
+                // (the head's scales as an index: a 64-bit pointer kept for this spilled in the
+                // persistent form)
+                tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales,
+                                 sk_base - t_k(), gran, j * KVT, Nk, logit_scale, wtid);
+                named_sync(WG_BAR_OWN + cw, WG_THREADS);
+            }
+            // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
+            // when it cannot pair them.
+            if (j > 0) {
+                // ---- pv of tile j-1 (issued) ----
+                mbar_wait(v_full(sp), parity_p);
+                pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
+                wgmma_wait<1>();  // S_j is done (groups complete in order)
+            } else {
+                wgmma_wait<0>();
+            }
+            reg_fence(acc_flat);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(k_empty(s));
+            refill_k(j);
+
+            // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
+            // Unmasked tiles without dS take the softmax straight from the unscaled dot products
+            // (attn_mma.cu), one scale per 64-key group.
+            float sqk[NG];
+#pragma unroll
+            for (int gi = 0; gi < NG; ++gi) sqk[gi] = __fmul_rn(sq, sk[gi]);
+            const bool masked = tile_needs_mask(j * KVT, KVT, q0, Nq, Nk, is_causal);
+            const bool fused = !smooth && logit_scale > 0.0f && !masked;
+            float sc[NT][4];
+            float alpha[2];
+            if (fused) {
+                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
+                sm.update_biased(acc, sc, sqk, alpha);
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
+                        if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
+                        sc[nt][e] = v;
+                    }
+                }
+                // ---- causal_mask (and keys >= Nk) ----
+                if (masked) mask_tile(sc, j * KVT, t, row0, row1, Nq, Nk, is_causal);
+                sm.update(sc, alpha);
+            }
+
+            if (j > 0) {
+                wgmma_wait<0>();
+                reg_fence(f);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(v_empty(sp));
+                refill_v(j - 1);
+                merge_block(o, f, alpha_prev);
+            }
+            p_to_e4m3_a(sc, pf);
+            alpha_prev[0] = alpha[0];
+            alpha_prev[1] = alpha[1];
+        }
+        if (my_tiles > 0) {
+            // ---- pv of the last tile ----
+            const int sp = slot(my_tiles - 1);
+            mbar_wait(v_full(sp), phase(my_tiles - 1));
+            wgmma_fence();
+            pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
             wgmma_wait<0>();
             reg_fence(f);
             __syncwarp();
             if (lane == 0) mbar_arrive(v_empty(sp));
-            refill_v(j - 1);
             merge_block(o, f, alpha_prev);
+            if (my_tiles < n_tiles) release_k(my_tiles);
         }
-        p_to_e4m3_a(sc, pf);
-        alpha_prev[0] = alpha[0];
-        alpha_prev[1] = alpha[1];
-    }
-    if (my_tiles > 0) {
-        // ---- pv of the last tile ----
-        const int sp = slot(my_tiles - 1);
-        mbar_wait(v_full(sp), phase(my_tiles - 1));
-        wgmma_fence();
-        pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
-        wgmma_wait<0>();
-        reg_fence(f);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(v_empty(sp));
-        merge_block(o, f, alpha_prev);
-        if (my_tiles < n_tiles) release_k(my_tiles);
-    }
-    // Past this warpgroup's last visible key (pair form: causal, or rows past Nq): nothing to compute,
-    // but the slots are released in order like any other, or the ring's phases would slip.
-    for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
-        if (j < n_tiles) release_k(j);
-        if (j >= 1) release_v(j - 1);
-    }
+        // Past this warpgroup's last visible key (pair form: causal, or rows past Nq): nothing to compute,
+        // but the slots are released in order like any other, or the ring's phases would slip.
+        for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
+            if (j < n_tiles) release_k(j);
+            if (j >= 1) release_v(j - 1);
+        }
 
-    // ---- finalize ----
-    const Item it = item();
-    sm.reduce_rows();
-    mbar_wait(epi_full, 0);
-    const float* svp = (const float*)(base_ptr + L::EPI_OFF);
-    const float* vmp = vm != nullptr ? svp + DP : nullptr;
-    OutT* obase = (OutT*)out_ptr + (i64)it.b * o_sb + (i64)it.h * o_sh;
-    // Rows of whole 16-byte chunks go out through shared memory (below); other outputs (a padded head
-    // dim, an unaligned row) lane by lane.
-    const bool staged = D == DP && (u64)obase % 16 == 0 && (o_sn * (i64)sizeof(OutT)) % 16 == 0;
-    if (!staged) {
-        // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
-        store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, it.qhead,
-                                        sm_scale);
-        return;
-    }
-    // The consumer's 64 x DP outputs are written into the K/V ring, free once every consumer is past
-    // its last P V, then copied out a 16-byte chunk per thread and step: whole rows per warp instead of
-    // a lane's two channels of 8 rows per store (half of each 32-byte sector). BENCHMARKS.md, session 7.
-    constexpr int RB = DP * (int)sizeof(OutT);
-    static_assert(NC * 64 * RB <= F::STAGES * (L::K_BYTES + L::V_BYTES), "staging fits in the ring");
-    named_sync(WG_BAR_EPI, NC * WG_THREADS);
-    unsigned char* stage = base_ptr + L::K_OFF + cw * 64 * RB;
-    // one instantiation with vm and one without, so the path taken is straight-line code: the
-    // epilogue runs cold in every CTA, and instruction fetch was its largest stall (session 7)
-    if (vmp != nullptr)
-        stage_outputs<OUT, CT, RB, true>(o, sm, svp, vmp, stage);
-    else
-        stage_outputs<OUT, CT, RB, false>(o, sm, svp, nullptr, stage);
-    named_sync(WG_BAR_OWN + cw, WG_THREADS);
-    constexpr int CHUNKS = RB / 16;
-    const int q_rows = item().qt * F::Q_TILE + 64 * cw;
+        // ---- finalize ----
+        const Item it = item(w);
+        sm.reduce_rows();
+        mbar_wait(epi_full(qb()), q_phase());
+        const float* svp = (const float*)(base_ptr + L::EPI_OFF + qb() * L::EPI_BYTES);
+        const float* vmp = vm != nullptr ? svp + DP : nullptr;
+        OutT* obase = out_base(it);
+        // persistent: the staging area is free once the producer's warps copied the last item out
+        if (PERSIST) mbar_wait(out_empty, (n & 1) ^ 1);
+        if (!staged_out(it)) {
+            // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
+            store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, it.qhead,
+                                            sm_scale);
+        } else {
+            // The consumer's 64 x DP outputs are written into shared memory (the pair form: the K/V ring,
+            // free once every consumer is past its last P V), then copied out a 16-byte chunk per thread
+            // and step: whole rows per warp instead of a lane's two channels of 8 rows per store (half of
+            // each 32-byte sector). BENCHMARKS.md, session 7.
+            static_assert(PERSIST || NC * 64 * RB <= F::STAGES * (L::K_BYTES + L::V_BYTES), "staging fits in the ring");
+            if (!PERSIST) named_sync(WG_BAR_EPI, NC * WG_THREADS);
+            unsigned char* stage = base_ptr + (PERSIST ? L::STAGE_OFF : L::K_OFF) + cw * 64 * RB;
+            // one instantiation with vm and one without, so the path taken is straight-line code: the
+            // epilogue runs cold in every CTA, and instruction fetch was its largest stall (session 7)
+            if (vmp != nullptr)
+                stage_outputs<OUT, CT, RB, true>(o, sm, svp, vmp, stage);
+            else
+                stage_outputs<OUT, CT, RB, false>(o, sm, svp, nullptr, stage);
+            if (!PERSIST) {
+                named_sync(WG_BAR_OWN + cw, WG_THREADS);
+                constexpr int CHUNKS = RB / 16;
+                const int q_rows = it.qt * F::Q_TILE + 64 * cw;
 #pragma unroll 4
-    for (int i = wtid; i < 64 * CHUNKS; i += WG_THREADS) {
-        const int row = i / CHUNKS, ch = i % CHUNKS;
-        if (q_rows + row < Nq) {
-            const uint4 w = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
-            *(uint4*)((unsigned char*)(obase + (i64)(q_rows + row) * o_sn) + ch * 16) = w;
+                for (int i = wtid; i < 64 * CHUNKS; i += WG_THREADS) {
+                    const int row = i / CHUNKS, ch = i % CHUNKS;
+                    if (q_rows + row < Nq) {
+                        const uint4 v = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
+                        *(uint4*)((unsigned char*)(obase + (i64)(q_rows + row) * o_sn) + ch * 16) = v;
+                    }
+                }
+            }
+            store_lse(sm, row0, row1, t, Nq, lse, qkm, it.qhead, sm_scale);
         }
+        if (!PERSIST) break;
+        // the outputs are staged (or stored), Q and sv / vm of buffer qb read: hand them over
+        mbar_arrive(out_full);
+        mbar_arrive(item_empty(qb()));
+        gb += n_tiles;
     }
-    store_lse(sm, row0, row1, t, Nq, lse, qkm, it.qhead, sm_scale);
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo]: sm_90a only; 384 threads (pair) or
-// 128 (`_solo`), dynamic shared memory WgSmem<DP, KVT, NC>::BYTES + 1024, grid
-// (ceil(Nq / Q_TILE) * Hq * B, 1, 1), Q_TILE = 128 (pair) or 64 (`_solo`). Parameters: ABI.md
-// ("Hopper kernel").
-#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, OUT)                                                              \
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist]: sm_90a only; 384 threads
+// (pair, `_persist`) or 128 (`_solo`), dynamic shared memory WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024,
+// grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1), or at most that many for `_persist` (one per SM), Q_TILE =
+// 128 (pair, `_persist`) or 64 (`_solo`). Parameters: ABI.md ("Hopper kernel").
+#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, PERSIST, OUT)                                                     \
     extern "C" __global__ void __launch_bounds__(WgForm<NC>::THREADS, WgForm<NC>::MIN_CTAS)                   \
         NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                      \
              const __grid_constant__ TmaMap v_map, const float* q_scales, const float* k_scales,              \
              const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,            \
              i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,      \
              int Nk, int D, int granularity, int causal, float sm_scale) {                                   \
-        attn_wgmma<DP, KVT, NC, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,      \
+        attn_wgmma<DP, KVT, NC, PERSIST, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,      \
                                      o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
                                      granularity, causal, sm_scale);                                          \
     }
-#define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)  \
-    SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, OUT) \
-    SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, OUT)
+#define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)         \
+    SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, false, OUT)     \
+    SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, false, OUT) \
+    SAGE_WGMMA_ENTRY(NAME##_persist, DP, KVT, 2, true, OUT)
 #define SAGE_WGMMA_SHAPES(DT, OUT)                                       \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \

@@ -86,7 +86,7 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
             for kv in (64, 128)
             for d in HEAD_DIMS
             for dt in dtypes
-            for p in ("", "_solo")
+            for p in ("", "_solo", "_persist")
         }
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}

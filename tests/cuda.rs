@@ -27,3 +27,20 @@ fn hopper_solo_form_keeps_two_blocks_per_sm() {
         }
     }
 }
+
+/// Freed device memory stays in the default pool across synchronizations, so that a call's buffers
+/// are not mapped again while the GPU waits (the driver's default threshold is 0).
+#[test]
+fn memory_pool_keeps_freed_memory() {
+    let Some(backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new()) else {
+        return;
+    };
+    if std::env::var("SAGE_CUDA_POOL_KEEP").is_ok_and(|v| v == "0") {
+        println!("skipped: SAGE_CUDA_POOL_KEEP=0");
+        return;
+    }
+    let threshold = backend
+        .pool_release_threshold()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(threshold, u64::MAX);
+}

@@ -160,31 +160,34 @@ unsafe impl DeviceRepr for TensorMap {}
 
 /// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
-/// its own copies, two CTAs per multiprocessor.
+/// its own copies, two CTAs per multiprocessor; `Persist` the pair with one CTA per multiprocessor
+/// looping over work items, so that the next item's loads and the last item's output copies overlap
+/// the consumers' work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
     Solo,
+    Persist,
 }
 
 impl WgmmaForm {
     /// Query rows per CTA.
     fn rows(self) -> usize {
         match self {
-            WgmmaForm::Pair => 128,
+            WgmmaForm::Pair | WgmmaForm::Persist => 128,
             WgmmaForm::Solo => 64,
         }
     }
     /// K/V ring depth (`WgForm::STAGES`).
     fn stages(self) -> usize {
         match self {
-            WgmmaForm::Pair => 4,
+            WgmmaForm::Pair | WgmmaForm::Persist => 4,
             WgmmaForm::Solo => 3,
         }
     }
     fn threads(self) -> u32 {
         match self {
-            WgmmaForm::Pair => 384,
+            WgmmaForm::Pair | WgmmaForm::Persist => 384,
             WgmmaForm::Solo => 128,
         }
     }
@@ -192,7 +195,12 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair => "",
             WgmmaForm::Solo => "_solo",
+            WgmmaForm::Persist => "_persist",
         }
+    }
+    /// Q tile and sv / vm buffers (`WgForm::BUFS`).
+    fn bufs(self) -> usize {
+        if self == WgmmaForm::Persist { 2 } else { 1 }
     }
     /// Consumer warpgroups per CTA.
     fn consumers(self) -> usize {
@@ -200,43 +208,64 @@ impl WgmmaForm {
     }
 }
 
-/// The form `SAGE_CUDA_WGMMA_CTA` asks for: `pair`, `solo`, or unset / `auto` (`None`: chosen per
-/// shape by [`auto_form`]).
-fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<Option<WgmmaForm>, String> {
+/// What `SAGE_CUDA_WGMMA_CTA` asks for: a form, and for the persistent form a cap on its CTAs.
+type FormSetting = Option<(WgmmaForm, Option<usize>)>;
+
+/// Parses `SAGE_CUDA_WGMMA_CTA`: `pair`, `solo`, `persist`, `persist:<CTAs>` (at most that many CTAs,
+/// so that each crosses many items: a test setting), or unset / `auto` (`None`: chosen per shape by
+/// [`auto_form`]).
+fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, String> {
     match value {
         None | Some("auto") => Ok(None),
-        Some("pair") => Ok(Some(WgmmaForm::Pair)),
-        Some("solo") => Ok(Some(WgmmaForm::Solo)),
-        Some(v) => Err(format!("`{v}` is not auto, pair or solo")),
+        Some("pair") => Ok(Some((WgmmaForm::Pair, None))),
+        Some("solo") => Ok(Some((WgmmaForm::Solo, None))),
+        Some("persist") => Ok(Some((WgmmaForm::Persist, None))),
+        Some(v) => match v.strip_prefix("persist:").map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => Ok(Some((WgmmaForm::Persist, Some(n)))),
+            _ => Err(format!(
+                "`{v}` is not auto, pair, solo, persist or persist:<CTAs>"
+            )),
+        },
     }
 }
 
-/// The form for head dim `dp` (padded) and `seq_k` keys. Measured on an H200 (BENCHMARKS.md,
-/// session 7, kv_block 128): solo is 5-7 % faster at D = 64 with 1024 keys (causal or not), equal at
+/// The form for head dim `dp` (padded), `seq_k` keys and the mask. Measured on an H200 (BENCHMARKS.md,
+/// sessions 7 and 10, kv_block 128): without a mask, the persistent form is faster with few keys per
+/// item (1024 keys: kernel 647 against the pair's 588 TOPS at D = 128, 372 against solo's 343 at
+/// D = 64), equal at 4096 keys and D = 128, slower beyond; causal, its static round-robin over items of
+/// unequal length loses everywhere. Solo is 5-7 % faster than the pair at D = 64 with 1024 keys, equal at
 /// D = 128 and 1024 keys, and 3-12 % slower from 4096 keys on, where a pair CTA's two consumers share
-/// every K/V tile it loads. Not measured at kv_block 64 (the same key threshold is applied).
-fn auto_form(dp: usize, seq_k: usize) -> WgmmaForm {
-    if dp == 64 && seq_k <= SOLO_MAX_KEYS {
+/// every K/V tile it loads. Not measured at kv_block 64 (the same thresholds are applied).
+fn auto_form(dp: usize, seq_k: usize, causal: bool) -> WgmmaForm {
+    if !causal && seq_k <= PERSIST_MAX_KEYS {
+        WgmmaForm::Persist
+    } else if dp == 64 && seq_k <= SOLO_MAX_KEYS {
         WgmmaForm::Solo
     } else {
         WgmmaForm::Pair
     }
 }
 
+/// The longest key sequence that [`auto_form`] gives the persistent form (without a mask).
+const PERSIST_MAX_KEYS: usize = 2048;
+
 /// The longest key sequence that [`auto_form`] gives the solo form.
 const SOLO_MAX_KEYS: usize = 1024;
 
-/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo]`: the Q tile, K and V rings,
-/// mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm, and 1024 bytes
-/// for the kernel to align its base (ABI.md, `WgSmem` in attn_wgmma.cu).
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist]`: the Q tile(s), K
+/// and V rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q
+/// tile), the persistent form's staged 16-bit outputs, and 1024 bytes for the kernel to align its
+/// base (ABI.md, `WgSmem` in attn_wgmma.cu).
 fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
-    let (stages, nc) = (form.stages(), form.consumers());
-    form.rows() * dp
+    let (stages, nc, bufs) = (form.stages(), form.consumers(), form.bufs());
+    let persist = form == WgmmaForm::Persist;
+    bufs * form.rows() * dp
         + stages * 2 * kvt * dp
-        + 8 * (2 + 4 * stages)
+        + 8 * (if persist { 8 } else { 2 } + 4 * stages)
         + 4 * nc * dp
         + 4 * nc * 2 * kvt
-        + 4 * 2 * dp
+        + bufs * 4 * 2 * dp
+        + if persist { form.rows() * dp * 2 } else { 0 }
         + 1024
 }
 
@@ -256,7 +285,7 @@ pub struct CudaBackend {
     wgmma: bool,
     /// The Hopper kernel's CTA form: `SAGE_CUDA_WGMMA_CTA` read once (`None`: per shape; a bad value
     /// is reported by the first call that would use it).
-    wgmma_form: std::result::Result<Option<WgmmaForm>, String>,
+    wgmma_form: std::result::Result<FormSetting, String>,
     /// Q's Step 3 by quantize_q_rows where it can (unless `SAGE_CUDA_Q_ROWS=0`, for comparisons).
     q_rows: bool,
     /// K's Step 3 by quantize_k_rows where it can (unless `SAGE_CUDA_K_ROWS=0`).
@@ -266,6 +295,8 @@ pub struct CudaBackend {
     v_cols: Option<Option<usize>>,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
+    /// Quantization-stage buffers kept between calls (none with `SAGE_CUDA_POOL_KEEP=0`).
+    scratch: Option<ScratchList>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -275,6 +306,35 @@ impl std::fmt::Debug for CudaBackend {
             .field("arch", &self.arch)
             .finish()
     }
+}
+
+/// Sets how much freed memory the device's default pool (the one stream-ordered allocations use) keeps
+/// across synchronizations. The driver's default, 0, hands it back at every synchronization, so each
+/// call's buffers were mapped again while the GPU waited between the call's start and its first
+/// kernel (BENCHMARKS.md, session 10). `None` only reads it. Returns the threshold before.
+/// Whether freed device memory is kept for the next call (unless `SAGE_CUDA_POOL_KEEP=0`): in the
+/// device's default pool, and the quantization stage's buffers in the backend's scratch list.
+fn pool_keep() -> bool {
+    std::env::var("SAGE_CUDA_POOL_KEEP").map_or(true, |v| v != "0")
+}
+
+fn pool_release_threshold(
+    ctx: &CudaContext,
+    set: Option<u64>,
+) -> std::result::Result<u64, DriverError> {
+    ctx.bind_to_thread()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    let mut old = 0u64;
+    // SAFETY: `pool` receives the device's default pool handle; the attribute takes and gives a u64.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolGetAttribute(pool, attr, (&mut old as *mut u64).cast()).result()?;
+        if let Some(mut new) = set {
+            sys::cuMemPoolSetAttribute(pool, attr, (&mut new as *mut u64).cast()).result()?;
+        }
+    }
+    Ok(old)
 }
 
 fn driver_error(what: &str, e: DriverError) -> Error {
@@ -328,22 +388,56 @@ fn modes_for(cc: (i32, i32)) -> Vec<Mode> {
 
 /// Buffers of one quantized call (kernels/ABI.md, "Buffers of a quantized-mode call").
 struct QuantBuffers {
-    km: CudaSlice<u8>,
-    vm: Option<CudaSlice<u8>>,
-    sv: Option<CudaSlice<u8>>,
-    q_codes: CudaSlice<u8>,
-    q_scales: CudaSlice<u8>,
-    k_codes: CudaSlice<u8>,
-    k_scales: CudaSlice<u8>,
-    k8: Option<(CudaSlice<u8>, CudaSlice<u8>)>,
-    qm: Option<CudaSlice<u8>>,
-    qkm: Option<CudaSlice<u8>>,
-    vt: CudaSlice<u8>,
-    nonfinite: CudaSlice<u8>,
+    km: Scratch,
+    vm: Option<Scratch>,
+    sv: Option<Scratch>,
+    q_codes: Scratch,
+    q_scales: Scratch,
+    k_codes: Scratch,
+    k_scales: Scratch,
+    k8: Option<(Scratch, Scratch)>,
+    qm: Option<Scratch>,
+    qkm: Option<Scratch>,
+    vt: Scratch,
+    nonfinite: Scratch,
     groups_q: usize,
     groups_k: usize,
     nk_pad: usize,
     nq_pad: usize,
+}
+
+/// Buffers of the quantization stage that outlived their call, for the next one to take (exact
+/// sizes). A call needs about a dozen; allocating them, stream-ordered as they are, still held the
+/// call's first kernel back on the host while the GPU waited (BENCHMARKS.md, session 10).
+type ScratchList = Arc<Mutex<Vec<CudaSlice<u8>>>>;
+
+/// The most buffers a [`ScratchList`] keeps (beyond, a returned buffer is freed).
+const SCRATCH_KEEP: usize = 32;
+
+/// A buffer of the quantization stage: back to its list when dropped. Uses on the backend's one
+/// stream are ordered, so the next call may take it while this call's kernels are still queued.
+struct Scratch {
+    buf: std::mem::ManuallyDrop<CudaSlice<u8>>,
+    home: Option<ScratchList>,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        &self.buf
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: `buf` is taken once, here, and not touched after.
+        let buf = unsafe { std::mem::ManuallyDrop::take(&mut self.buf) };
+        if let Some(Ok(mut list)) = self.home.as_ref().map(|h| h.lock())
+            && list.len() < SCRATCH_KEEP
+        {
+            list.push(buf);
+        }
+    }
 }
 
 /// Timing events of one call: start, attention start, end.
@@ -401,6 +495,10 @@ impl CudaBackend {
         // One stream orders everything; cudarc's per-buffer event tracking would only add overhead.
         // SAFETY: no buffer exists yet, and every buffer of this backend lives on `stream`.
         unsafe { ctx.disable_event_tracking() };
+        if pool_keep() {
+            // best effort: a device without memory pools allocates synchronously anyway
+            let _ = pool_release_threshold(&ctx, Some(u64::MAX));
+        }
         Self::on_stream(ctx.default_stream())
     }
 
@@ -441,7 +539,14 @@ impl CudaBackend {
                 _ => Some(None),
             },
             sms,
+            scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
         })
+    }
+
+    /// How many freed bytes the device's default memory pool keeps across synchronizations: all of
+    /// them (`u64::MAX`) once a backend is open, unless `SAGE_CUDA_POOL_KEEP=0`.
+    pub fn pool_release_threshold(&self) -> Result<u64> {
+        pool_release_threshold(&self.ctx, None).map_err(|e| driver_error("memory pool", e))
     }
 
     /// The architecture kernels are built for (`sm_90a` on Hopper).
@@ -457,7 +562,7 @@ impl CudaBackend {
             return Ok(out);
         }
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
-            for form in [WgmmaForm::Pair, WgmmaForm::Solo] {
+            for form in [WgmmaForm::Pair, WgmmaForm::Solo, WgmmaForm::Persist] {
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
                 let smem = wgmma_smem_bytes(dp, kvt, form);
                 // set up as launch_with does, so the figure is the one launches get
@@ -660,6 +765,33 @@ impl CudaBackend {
         })
     }
 
+    /// A quantization-stage buffer of `bytes`: one a past call left, or a new one. If the allocation
+    /// fails, the kept buffers are freed and it is tried once more.
+    fn scratch(&self, bytes: usize) -> Result<Scratch> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let kept = self.scratch.as_ref().and_then(|s| {
+            let mut list = s.lock().ok()?;
+            let at = list.iter().position(|b| b.len() == size)?;
+            Some(list.swap_remove(at))
+        });
+        let buf = match kept {
+            Some(buf) => buf,
+            None => match self.alloc(bytes) {
+                Err(Error::OutOfMemory { .. }) if self.scratch.is_some() => {
+                    if let Some(Ok(mut list)) = self.scratch.as_ref().map(|s| s.lock()) {
+                        list.clear();
+                    }
+                    self.alloc(bytes)?
+                }
+                other => other?,
+            },
+        };
+        Ok(Scratch {
+            buf: std::mem::ManuallyDrop::new(buf),
+            home: self.scratch.clone(),
+        })
+    }
+
     fn ptr(&self, s: &CudaSlice<u8>) -> Arg {
         let (p, _sync) = s.device_ptr(&self.stream);
         Arg::Ptr(p)
@@ -720,11 +852,11 @@ impl CudaBackend {
     fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
         let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
         let kvt = p.kv_block;
-        let form = self
+        let (form, cap) = self
             .wgmma_form
             .clone()
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
-            .unwrap_or_else(|| auto_form(dp, p.seq_k));
+            .unwrap_or_else(|| (auto_form(dp, p.seq_k, p.causal), None));
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -742,7 +874,7 @@ impl CudaBackend {
             )?,
             self.tensor_map(&bufs.vt, bufs.nk_pad, b * hk * dp, kvt as u32, dp as u32)?,
         ];
-        let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+        let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
         let mut args = vec![
             self.ptr(&bufs.q_scales),
             self.ptr(&bufs.k_scales),
@@ -760,10 +892,18 @@ impl CudaBackend {
             dtype_suffix(p.dtype),
             form.suffix()
         );
+        let items = p.seq_q.div_ceil(form.rows()) * hq * b;
+        // the persistent form: one CTA per multiprocessor (its shared memory allows no second), each
+        // taking every sms-th item
+        let ctas = if form == WgmmaForm::Persist {
+            items.min(cap.unwrap_or(self.sms))
+        } else {
+            items
+        };
         self.launch_with(
             Module::AttnWgmma,
             &name,
-            [p.seq_q.div_ceil(form.rows()) * hq * b, 1, 1],
+            [ctas, 1, 1],
             form.threads(),
             wgmma_smem_bytes(dp, kvt, form) as u32,
             &maps,
@@ -788,7 +928,7 @@ impl CudaBackend {
         let groups_q = scale_groups(p.granularity, Operand::Q, nq);
         let groups_k = scale_groups(p.granularity, Operand::K, nk);
         let gran = Arg::I32(granularity_code(p.granularity));
-        let f32s = |n: usize| self.alloc(n * 4);
+        let f32s = |n: usize| self.scratch(n * 4);
         let bufs = QuantBuffers {
             km: f32s(b * hk * dp)?,
             vm: if p.smooth_v {
@@ -797,12 +937,15 @@ impl CudaBackend {
                 None
             },
             sv: if fp8 { Some(f32s(b * hk * dp)?) } else { None },
-            q_codes: self.alloc(b * hq * nq_pad * code_bytes)?,
+            q_codes: self.scratch(b * hq * nq_pad * code_bytes)?,
             q_scales: f32s(b * hq * groups_q)?,
-            k_codes: self.alloc(b * hk * nk_pad * code_bytes)?,
+            k_codes: self.scratch(b * hk * nk_pad * code_bytes)?,
             k_scales: f32s(b * hk * groups_k)?,
             k8: if int4 && p.smooth_q {
-                Some((self.alloc(b * hk * nk_pad * dp)?, f32s(b * hk * groups_k)?))
+                Some((
+                    self.scratch(b * hk * nk_pad * dp)?,
+                    f32s(b * hk * groups_k)?,
+                ))
             } else {
                 None
             },
@@ -816,14 +959,14 @@ impl CudaBackend {
             } else {
                 None
             },
-            vt: self.alloc(b * hk * dp * nk_pad * if fp8 { 1 } else { 2 })?,
-            nonfinite: self.alloc(12)?,
+            vt: self.scratch(b * hk * dp * nk_pad * if fp8 { 1 } else { 2 })?,
+            nonfinite: self.scratch(12)?,
             groups_q,
             groups_k,
             nk_pad,
             nq_pad,
         };
-        let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+        let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
         let flag = |i: u64| match self.ptr(&bufs.nonfinite) {
             Arg::Ptr(p) => Arg::Ptr(p + 4 * i),
             other => other,
@@ -1180,7 +1323,7 @@ impl CudaBackend {
                 (None, true) => (self.ptr(&bufs.k_codes), self.ptr(&bufs.k_scales)),
                 (None, false) => (NULL, NULL),
             };
-            let opt = |s: &Option<CudaSlice<u8>>| s.as_ref().map_or(NULL, |s| self.ptr(s));
+            let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
             let mut args = vec![
                 self.ptr(&bufs.q_codes),
                 self.ptr(&bufs.q_scales),
@@ -1589,21 +1732,40 @@ mod tests {
     }
 
     #[test]
-    fn auto_form_takes_solo_for_short_d64_only() {
-        assert_eq!(auto_form(64, 1024), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 1), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 1025), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 1024), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 16384), WgmmaForm::Pair);
+    fn auto_form_takes_persist_for_short_unmasked_and_solo_for_short_causal_d64() {
+        for dp in [64, 128] {
+            assert_eq!(auto_form(dp, 1, false), WgmmaForm::Persist);
+            assert_eq!(auto_form(dp, PERSIST_MAX_KEYS, false), WgmmaForm::Persist);
+            assert_eq!(auto_form(dp, PERSIST_MAX_KEYS + 1, false), WgmmaForm::Pair);
+            assert_eq!(auto_form(dp, 16384, true), WgmmaForm::Pair);
+        }
+        assert_eq!(auto_form(64, 1024, true), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 1, true), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 1025, true), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 1024, true), WgmmaForm::Pair);
     }
 
     #[test]
     fn wgmma_form_setting_parses_or_says_why() {
         assert_eq!(wgmma_form_setting(None), Ok(None));
         assert_eq!(wgmma_form_setting(Some("auto")), Ok(None));
-        assert_eq!(wgmma_form_setting(Some("pair")), Ok(Some(WgmmaForm::Pair)));
-        assert_eq!(wgmma_form_setting(Some("solo")), Ok(Some(WgmmaForm::Solo)));
-        for bad in ["on", "2", "Solo", ""] {
+        assert_eq!(
+            wgmma_form_setting(Some("pair")),
+            Ok(Some((WgmmaForm::Pair, None)))
+        );
+        assert_eq!(
+            wgmma_form_setting(Some("solo")),
+            Ok(Some((WgmmaForm::Solo, None)))
+        );
+        assert_eq!(
+            wgmma_form_setting(Some("persist")),
+            Ok(Some((WgmmaForm::Persist, None)))
+        );
+        assert_eq!(
+            wgmma_form_setting(Some("persist:3")),
+            Ok(Some((WgmmaForm::Persist, Some(3))))
+        );
+        for bad in ["on", "2", "Solo", "", "persist:", "persist:0", "persist:x"] {
             assert!(wgmma_form_setting(Some(bad)).is_err(), "{bad}");
         }
     }
@@ -1632,8 +1794,10 @@ mod tests {
         // per multiprocessor, 1 KiB of which each resident block reserves
         assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Pair), 152_720);
         assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Solo), 110_192);
+        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Persist), 202_944);
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
             assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
+            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Persist) <= 227 * 1024);
             assert!(2 * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024);
         }
     }
