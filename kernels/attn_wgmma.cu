@@ -12,13 +12,15 @@
 //   solo (`_solo`): one consumer warpgroup of 64 rows whose first warp also issues the copies (a
 //     slot is refilled as soon as the four warps release it), two CTAs per SM at up to 255 registers.
 //     Its two CTAs per SM share nothing; measured faster than the pair only at DP = 64 with few KV
-//     tiles (BENCHMARKS.md, session 7), where the host picks it.
-//   persistent (`_persist`): the pair with one CTA per SM looping over work items (CTA c takes items c,
-//     c + gridDim.x, ...). The ring runs on across items; the Q tile and sv / vm are double-buffered,
-//     so the producer loads item n + 1's while item n's last tiles and epilogue run; the outputs go
-//     through their own staging area, copied out by the producer's other three warps while the
-//     consumers start the next item. The host takes it without a causal mask up to 2048 keys, where
-//     a CTA's fixed costs are a large share (BENCHMARKS.md, session 10).
+//     tiles (BENCHMARKS.md, session 7), and slower there than the persistent form (session 10): kept
+//     for explicit use, the host no longer picks it.
+//   persistent (`_persist`): the pair with one CTA per SM looping over work items (a round of gridDim.x
+//     items at a time, walked in alternate directions). The ring runs on across items; the Q tile and
+//     sv / vm are double-buffered, so the producer loads item n + 1's while item n's last tiles and
+//     epilogue run; the outputs go through their own staging area, copied out by the producer's
+//     other three warps while the consumers start the next item. The host takes it up to 2048 keys
+//     (4096 at DP = 64 under a causal mask), where a CTA's fixed costs are a large share
+//     (BENCHMARKS.md, session 10).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
@@ -269,7 +271,17 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // where needed rather than kept live through the KV loop.
     const int n_qt = ceil_div(Nq, F::Q_TILE);
     const int n_items = n_qt * Hq * B;
-    const int w_step = PERSIST ? (int)gridDim.x : n_items;
+    // The CTA's n-th item (n_items when it has no more): blockIdx.x, or (persistent) one per round of
+    // gridDim.x items, the rounds walked in alternate directions. Under a causal mask an item's cost
+    // falls along a head's query tiles, and a fixed stride would give some CTAs the heavy tiles of
+    // every round; alternating pairs a heavy one with a light one.
+    auto item_of = [&](int n) {
+        const int grid = (int)gridDim.x, c = (int)blockIdx.x;
+        return n * grid + ((n & 1) ? grid - 1 - c : c);
+    };
+    // the item after w, and how many the CTA had before w (the other forms: one item, none before)
+    auto next_item = [&](int w) { return PERSIST ? item_of(w / (int)gridDim.x + 1) : w + n_items; };
+    auto items_before = [&](int w) { return PERSIST ? w / (int)gridDim.x : (w - (int)blockIdx.x) / n_items; };
     struct Item {
         int qt, h, b, n_tiles;
         i64 qhead, khead;
@@ -352,7 +364,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 tma_prefetch_map(&k_map);
                 tma_prefetch_map(&v_map);
                 int g = 0;  // KV tiles issued before this item: the ring's position
-                for (int w = blockIdx.x, n = 0; w < n_items; w += w_step, ++n) {
+                for (int n = 0, w = blockIdx.x; w < n_items; w = next_item(w), ++n) {
                     const int b = n % F::BUFS;
                     if (PERSIST) mbar_wait(item_empty(b), ((n / 2) & 1) ^ 1);  // item n - 2 is done with it
                     load_q(w, b);
@@ -375,7 +387,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 // consumers go on with the next item.
                 constexpr int CHUNKS = RB / 16;
                 const unsigned char* stage = base_ptr + L::STAGE_OFF;
-                for (int w = blockIdx.x, n = 0; w < n_items; w += w_step, ++n) {
+                for (int n = 0, w = blockIdx.x; w < n_items; w = next_item(w), ++n) {
                     mbar_wait(out_full, n & 1);
                     const Item it = item(w);
                     if (staged_out(it)) {
@@ -423,9 +435,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const bool issuer = !F::PRODUCER && __shfl_sync(FULL_MASK, wtid < 32, 0);
 
     int gb = 0;  // KV tiles of the CTA's earlier items (persistent form): the ring's position
-    for (int w = blockIdx.x; w < n_items; w += w_step) {
+    for (int w = blockIdx.x; w < n_items; w = next_item(w)) {
         // the CTA's items before this one (from w: one register less through the KV loop)
-        const int n = (w - (int)blockIdx.x) / w_step;
+        const int n = items_before(w);
         // the item's Q / sv / vm buffer and the phase of its barriers (evaluated where used, from n)
         auto qb = [&]() { return n % F::BUFS; };
         auto q_phase = [&]() { return (u32)((n / 2) & 1); };

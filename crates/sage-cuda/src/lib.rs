@@ -230,27 +230,23 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 }
 
 /// The form for head dim `dp` (padded), `seq_k` keys and the mask. Measured on an H200 (BENCHMARKS.md,
-/// sessions 7 and 10, kv_block 128): without a mask, the persistent form is faster with few keys per
-/// item (1024 keys: kernel 647 against the pair's 588 TOPS at D = 128, 372 against solo's 343 at
-/// D = 64), equal at 4096 keys and D = 128, slower beyond; causal, its static round-robin over items of
-/// unequal length loses everywhere. Solo is 5-7 % faster than the pair at D = 64 with 1024 keys, equal at
-/// D = 128 and 1024 keys, and 3-12 % slower from 4096 keys on, where a pair CTA's two consumers share
-/// every K/V tile it loads. Not measured at kv_block 64 (the same thresholds are applied).
+/// session 10, kv_block 128), kernel only against the pair in the same call: the persistent form is
+/// faster with few keys per item: at 1024 keys +10 % (D = 128) and +8 % (D = 64, against solo, which
+/// was 5-7 % ahead of the pair there), at 2048 +3 to +13 %, causal or not; at 4096 keys only D = 64
+/// under a causal mask (+9 %; D = 128 -3 %), and from 16384 on it is slower (the pair's fixed costs
+/// are a small share there and the persistent loop costs registers and balance). Not measured at
+/// kv_block 64 (the same thresholds are applied).
 fn auto_form(dp: usize, seq_k: usize, causal: bool) -> WgmmaForm {
-    if !causal && seq_k <= PERSIST_MAX_KEYS {
+    if seq_k <= PERSIST_MAX_KEYS || (dp == 64 && causal && seq_k <= 2 * PERSIST_MAX_KEYS) {
         WgmmaForm::Persist
-    } else if dp == 64 && seq_k <= SOLO_MAX_KEYS {
-        WgmmaForm::Solo
     } else {
         WgmmaForm::Pair
     }
 }
 
-/// The longest key sequence that [`auto_form`] gives the persistent form (without a mask).
+/// The longest key sequence that [`auto_form`] gives the persistent form (twice that at D = 64
+/// under a causal mask).
 const PERSIST_MAX_KEYS: usize = 2048;
-
-/// The longest key sequence that [`auto_form`] gives the solo form.
-const SOLO_MAX_KEYS: usize = 1024;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist]`: the Q tile(s), K
 /// and V rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q
@@ -1732,17 +1728,18 @@ mod tests {
     }
 
     #[test]
-    fn auto_form_takes_persist_for_short_unmasked_and_solo_for_short_causal_d64() {
+    fn auto_form_takes_persist_for_few_keys() {
         for dp in [64, 128] {
-            assert_eq!(auto_form(dp, 1, false), WgmmaForm::Persist);
-            assert_eq!(auto_form(dp, PERSIST_MAX_KEYS, false), WgmmaForm::Persist);
-            assert_eq!(auto_form(dp, PERSIST_MAX_KEYS + 1, false), WgmmaForm::Pair);
-            assert_eq!(auto_form(dp, 16384, true), WgmmaForm::Pair);
+            for causal in [false, true] {
+                assert_eq!(auto_form(dp, 1, causal), WgmmaForm::Persist);
+                assert_eq!(auto_form(dp, PERSIST_MAX_KEYS, causal), WgmmaForm::Persist);
+                assert_eq!(auto_form(dp, 16384, causal), WgmmaForm::Pair);
+            }
         }
-        assert_eq!(auto_form(64, 1024, true), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 1, true), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 1025, true), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 1024, true), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::Pair);
+        assert_eq!(auto_form(64, PERSIST_MAX_KEYS + 1, false), WgmmaForm::Pair);
+        assert_eq!(auto_form(64, 4096, true), WgmmaForm::Persist);
+        assert_eq!(auto_form(64, 4097, true), WgmmaForm::Pair);
     }
 
     #[test]
