@@ -264,17 +264,16 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     const int nq_pad = round_up(Nq, QUANT_TOKENS), nk_pad = round_up(Nk, QUANT_TOKENS);
     const bool is_causal = causal != 0;
     const bool smooth = qm != nullptr;
-    // Work item w (query tile, head, batch): the CTA's blockIdx.x, or (persistent) blockIdx.x and every
-    // gridDim.x-th after it. Query tile fastest so that the CTAs running at one time share K/V heads in
-    // L2; causal: the last query tiles see the most keys, so they come first. Registers are scarce in
+    // Work item w (query tile, head, batch): the CTA's blockIdx.x, or (persistent) one per round of
+    // gridDim.x items (item_of). Query tile fastest so that the CTAs running at one time share K/V heads
+    // in L2; causal: the last query tiles see the most keys, so they come first. Registers are scarce in
     // the consumers (the pair's kv128 x hd128 kernel is at its 240), so the item is recomputed from w
     // where needed rather than kept live through the KV loop.
     const int n_qt = ceil_div(Nq, F::Q_TILE);
     const int n_items = n_qt * Hq * B;
-    // The CTA's n-th item (n_items when it has no more): blockIdx.x, or (persistent) one per round of
-    // gridDim.x items, the rounds walked in alternate directions. Under a causal mask an item's cost
-    // falls along a head's query tiles, and a fixed stride would give some CTAs the heavy tiles of
-    // every round; alternating pairs a heavy one with a light one.
+    // The persistent CTA's item of round n (>= n_items: none left): the rounds are walked in alternate
+    // directions. Under a causal mask an item's cost falls along a head's query tiles, and a fixed
+    // stride would give some CTAs the heavy tiles of every round; alternating pairs heavy with light.
     auto item_of = [&](int n) {
         const int grid = (int)gridDim.x, c = (int)blockIdx.x;
         return n * grid + ((n & 1) ? grid - 1 - c : c);
