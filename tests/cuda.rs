@@ -44,3 +44,23 @@ fn memory_pool_keeps_freed_memory() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(threshold, u64::MAX);
 }
+
+/// The persistent Hopper form on two blocks, so that each crosses many work items whatever the
+/// problem size (the K/V ring's phases across items, the double-buffered Q tile and sv / vm, the
+/// staged outputs, smooth_q's buffers): the suite's end-to-end and options checks.
+#[test]
+fn hopper_persistent_form_across_items() {
+    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
+    else {
+        return;
+    };
+    if backend.arch() != "sm_90a" {
+        println!("skipped: {} has no Hopper kernel", backend.arch());
+        return;
+    }
+    backend
+        .set_wgmma_cta("persist:2")
+        .unwrap_or_else(|e| panic!("{e}"));
+    conformance::end_to_end(&backend);
+    conformance::options(&backend);
+}

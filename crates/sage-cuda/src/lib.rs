@@ -235,14 +235,25 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// was 5-7 % ahead of the pair there), at 2048 +3 to +13 %, causal or not; at 4096 keys only D = 64
 /// under a causal mask (+9 %; D = 128 -3 %), and from 16384 on it is slower (the pair's fixed costs
 /// are a small share there and the persistent loop costs registers and balance). Not measured at
-/// kv_block 64 (the same thresholds are applied).
-fn auto_form(dp: usize, seq_k: usize, causal: bool) -> WgmmaForm {
-    if seq_k <= PERSIST_MAX_KEYS || (dp == 64 && causal && seq_k <= 2 * PERSIST_MAX_KEYS) {
+/// kv_block 64 (the same thresholds are applied). With f32 outputs (`out16` false), which the
+/// persistent form stores lane by lane rather than staged, it was not measured: those keep session
+/// 7's choice, solo at D = 64 with at most 1024 keys (5-7 % ahead of the pair there), else the pair.
+fn auto_form(dp: usize, seq_k: usize, causal: bool, out16: bool) -> WgmmaForm {
+    if !out16 {
+        if dp == 64 && seq_k <= SOLO_MAX_KEYS {
+            WgmmaForm::Solo
+        } else {
+            WgmmaForm::Pair
+        }
+    } else if seq_k <= PERSIST_MAX_KEYS || (dp == 64 && causal && seq_k <= 2 * PERSIST_MAX_KEYS) {
         WgmmaForm::Persist
     } else {
         WgmmaForm::Pair
     }
 }
+
+/// The longest key sequence that [`auto_form`] gives the solo form (f32 outputs).
+const SOLO_MAX_KEYS: usize = 1024;
 
 /// The longest key sequence that [`auto_form`] gives the persistent form (twice that at D = 64
 /// under a causal mask).
@@ -304,27 +315,34 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-/// Sets how much freed memory the device's default pool (the one stream-ordered allocations use) keeps
-/// across synchronizations. The driver's default, 0, hands it back at every synchronization, so each
-/// call's buffers were mapped again while the GPU waited between the call's start and its first
-/// kernel (BENCHMARKS.md, session 10). `None` only reads it. Returns the threshold before.
 /// Whether freed device memory is kept for the next call (unless `SAGE_CUDA_POOL_KEEP=0`): in the
 /// device's default pool, and the quantization stage's buffers in the backend's scratch list.
 fn pool_keep() -> bool {
     std::env::var("SAGE_CUDA_POOL_KEEP").map_or(true, |v| v != "0")
 }
 
+/// The device's default memory pool (the one stream-ordered allocations use).
+fn default_pool(ctx: &CudaContext) -> std::result::Result<sys::CUmemoryPool, DriverError> {
+    ctx.bind_to_thread()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` receives the device's default pool handle.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()? };
+    Ok(pool)
+}
+
+/// Sets how much freed memory the device's default pool keeps across synchronizations. The driver's
+/// default, 0, hands it back at every synchronization, so each call's buffers were mapped again while
+/// the GPU waited between the call's start and its first kernel (BENCHMARKS.md, session 10). `None`
+/// only reads it. Returns the threshold before.
 fn pool_release_threshold(
     ctx: &CudaContext,
     set: Option<u64>,
 ) -> std::result::Result<u64, DriverError> {
-    ctx.bind_to_thread()?;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let pool = default_pool(ctx)?;
     let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
     let mut old = 0u64;
-    // SAFETY: `pool` receives the device's default pool handle; the attribute takes and gives a u64.
+    // SAFETY: the attribute takes and gives a u64.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
         sys::cuMemPoolGetAttribute(pool, attr, (&mut old as *mut u64).cast()).result()?;
         if let Some(mut new) = set {
             sys::cuMemPoolSetAttribute(pool, attr, (&mut new as *mut u64).cast()).result()?;
@@ -407,7 +425,7 @@ struct QuantBuffers {
 /// call's first kernel back on the host while the GPU waited (BENCHMARKS.md, session 10).
 type ScratchList = Arc<Mutex<Vec<CudaSlice<u8>>>>;
 
-/// The most buffers a [`ScratchList`] keeps (beyond, a returned buffer is freed).
+/// The most buffers a [`ScratchList`] keeps (beyond, the oldest is freed).
 const SCRATCH_KEEP: usize = 32;
 
 /// A buffer of the quantization stage: back to its list when dropped. Uses on the backend's one
@@ -428,9 +446,11 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // SAFETY: `buf` is taken once, here, and not touched after.
         let buf = unsafe { std::mem::ManuallyDrop::take(&mut self.buf) };
-        if let Some(Ok(mut list)) = self.home.as_ref().map(|h| h.lock())
-            && list.len() < SCRATCH_KEEP
-        {
+        // the oldest goes when the list is full (shapes that change keep the newest sizes)
+        if let Some(Ok(mut list)) = self.home.as_ref().map(|h| h.lock()) {
+            if list.len() >= SCRATCH_KEEP {
+                list.remove(0);
+            }
             list.push(buf);
         }
     }
@@ -537,6 +557,15 @@ impl CudaBackend {
             sms,
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
         })
+    }
+
+    /// Pins the Hopper kernel's CTA form as `SAGE_CUDA_WGMMA_CTA` would (`auto`, `pair`, `solo`,
+    /// `persist`, `persist:<CTAs>`), for tests that must cover a form whatever the environment says.
+    pub fn set_wgmma_cta(&mut self, setting: &str) -> Result<()> {
+        let form = wgmma_form_setting(Some(setting))
+            .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?;
+        self.wgmma_form = Ok(form);
+        Ok(())
     }
 
     /// How many freed bytes the device's default memory pool keeps across synchronizations: all of
@@ -747,40 +776,56 @@ impl CudaBackend {
         Ok(TensorMap(unsafe { map.assume_init() }))
     }
 
+    /// A new device buffer of `bytes` (whole 4-byte words). When the device is out of memory, what
+    /// this backend keeps (its scratch list, the default pool's freed memory) is handed back to the
+    /// driver and the allocation tried once more.
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
-        // SAFETY: every buffer allocated here is fully written by a kernel or a memset before use.
         // whole 4-byte words: outputs are poisoned and zero-filled with 32-bit memsets
-        unsafe { self.stream.alloc::<u8>(bytes.max(4).div_ceil(4) * 4) }.map_err(|e| {
-            match driver_error("alloc", e) {
-                Error::OutOfMemory { .. } => Error::OutOfMemory {
-                    backend: NAME,
-                    requested: bytes as u64,
-                },
-                other => other,
+        let words = bytes.max(4).div_ceil(4) * 4;
+        // SAFETY: every buffer allocated here is fully written by a kernel or a memset before use.
+        let first = unsafe { self.stream.alloc::<u8>(words) };
+        let again = match first {
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY && pool_keep() => {
+                self.release_kept_memory();
+                // SAFETY: as above.
+                unsafe { self.stream.alloc::<u8>(words) }
             }
+            other => other,
+        };
+        again.map_err(|e| match driver_error("alloc", e) {
+            Error::OutOfMemory { .. } => Error::OutOfMemory {
+                backend: NAME,
+                requested: bytes as u64,
+            },
+            other => other,
         })
     }
 
-    /// A quantization-stage buffer of `bytes`: one a past call left, or a new one. If the allocation
-    /// fails, the kept buffers are freed and it is tried once more.
+    /// Frees the scratch list and trims the default pool to nothing (after the stream's frees have
+    /// completed), best effort: the out-of-memory path of [`Self::alloc`].
+    fn release_kept_memory(&self) {
+        if let Some(Ok(mut list)) = self.scratch.as_ref().map(|s| s.lock()) {
+            list.clear();
+        }
+        if self.stream.synchronize().is_ok()
+            && let Ok(pool) = default_pool(&self.ctx)
+        {
+            // SAFETY: trims a valid pool handle; memory in use is never released.
+            let _ = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
+        }
+    }
+
+    /// A quantization-stage buffer of `bytes`: one a past call left, or a new one.
     fn scratch(&self, bytes: usize) -> Result<Scratch> {
         let size = bytes.max(4).div_ceil(4) * 4;
         let kept = self.scratch.as_ref().and_then(|s| {
             let mut list = s.lock().ok()?;
             let at = list.iter().position(|b| b.len() == size)?;
-            Some(list.swap_remove(at))
+            Some(list.remove(at))
         });
         let buf = match kept {
             Some(buf) => buf,
-            None => match self.alloc(bytes) {
-                Err(Error::OutOfMemory { .. }) if self.scratch.is_some() => {
-                    if let Some(Ok(mut list)) = self.scratch.as_ref().map(|s| s.lock()) {
-                        list.clear();
-                    }
-                    self.alloc(bytes)?
-                }
-                other => other?,
-            },
+            None => self.alloc(bytes)?,
         };
         Ok(Scratch {
             buf: std::mem::ManuallyDrop::new(buf),
@@ -852,7 +897,10 @@ impl CudaBackend {
             .wgmma_form
             .clone()
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
-            .unwrap_or_else(|| (auto_form(dp, p.seq_k, p.causal), None));
+            .unwrap_or_else(|| {
+                let out16 = p.dtype != DType::F32;
+                (auto_form(dp, p.seq_k, p.causal, out16), None)
+            });
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -1731,15 +1779,28 @@ mod tests {
     fn auto_form_takes_persist_for_few_keys() {
         for dp in [64, 128] {
             for causal in [false, true] {
-                assert_eq!(auto_form(dp, 1, causal), WgmmaForm::Persist);
-                assert_eq!(auto_form(dp, PERSIST_MAX_KEYS, causal), WgmmaForm::Persist);
-                assert_eq!(auto_form(dp, 16384, causal), WgmmaForm::Pair);
+                assert_eq!(auto_form(dp, 1, causal, true), WgmmaForm::Persist);
+                assert_eq!(
+                    auto_form(dp, PERSIST_MAX_KEYS, causal, true),
+                    WgmmaForm::Persist
+                );
+                assert_eq!(auto_form(dp, 16384, causal, true), WgmmaForm::Pair);
             }
         }
-        assert_eq!(auto_form(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::Pair);
-        assert_eq!(auto_form(64, PERSIST_MAX_KEYS + 1, false), WgmmaForm::Pair);
-        assert_eq!(auto_form(64, 4096, true), WgmmaForm::Persist);
-        assert_eq!(auto_form(64, 4097, true), WgmmaForm::Pair);
+        assert_eq!(
+            auto_form(128, PERSIST_MAX_KEYS + 1, true, true),
+            WgmmaForm::Pair
+        );
+        assert_eq!(
+            auto_form(64, PERSIST_MAX_KEYS + 1, false, true),
+            WgmmaForm::Pair
+        );
+        assert_eq!(auto_form(64, 4096, true, true), WgmmaForm::Persist);
+        assert_eq!(auto_form(64, 4097, true, true), WgmmaForm::Pair);
+        // f32 outputs: session 7's choice
+        assert_eq!(auto_form(64, 1024, true, false), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, 1025, false, false), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 1024, false, false), WgmmaForm::Pair);
     }
 
     #[test]
