@@ -225,6 +225,22 @@ SAGE_DEVICE void stage_outputs(const float (&o)[CT * 4], const SOFTMAX& sm, cons
     }
 }
 
+// ROWS staged output rows (stage_outputs' layout) out to rows r0, r0 + 1, ... of the head at `obase`,
+// a whole 16-byte chunk per thread and step (threads first, first + STRIDE, ...): full 32-byte sectors
+// per warp instead of a lane's two channels. Rows at or past Nq are not written.
+template <int RB, int ROWS, int STRIDE, int UNROLL, class OutT>
+SAGE_DEVICE void copy_out_rows(const unsigned char* stage, OutT* obase, i64 o_sn, int r0, int Nq, int first) {
+    constexpr int CHUNKS = RB / 16;
+#pragma unroll UNROLL
+    for (int i = first; i < ROWS * CHUNKS; i += STRIDE) {
+        const int row = i / CHUNKS, ch = i % CHUNKS;
+        if (r0 + row < Nq) {
+            const uint4 v = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
+            *(uint4*)((unsigned char*)(obase + (i64)(r0 + row) * o_sn) + ch * 16) = v;
+        }
+    }
+}
+
 template <int DP, int KVT, int NC, bool PERSIST, class OUT>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
@@ -384,23 +400,14 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             } else if (PERSIST && tid >= 32) {
                 // Warps 1-3 copy each item's staged outputs out (whole 16-byte chunks of rows) while the
                 // consumers go on with the next item.
-                constexpr int CHUNKS = RB / 16;
                 const unsigned char* stage = base_ptr + L::STAGE_OFF;
                 for (int n = 0, w = blockIdx.x; w < n_items; w = next_item(w), ++n) {
                     mbar_wait(out_full, n & 1);
                     const Item it = item(w);
-                    if (staged_out(it)) {
-                        OutT* obase = out_base(it);
-                        const int r0 = it.qt * F::Q_TILE;
-#pragma unroll 1
-                        for (int i = tid - 32; i < F::Q_TILE * CHUNKS; i += WG_THREADS - 32) {
-                            const int row = i / CHUNKS, ch = i % CHUNKS;
-                            if (r0 + row < Nq) {
-                                const uint4 v = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
-                                *(uint4*)((unsigned char*)(obase + (i64)(r0 + row) * o_sn) + ch * 16) = v;
-                            }
-                        }
-                    }
+                    // rolled (24 registers)
+                    if (staged_out(it))
+                        copy_out_rows<RB, F::Q_TILE, WG_THREADS - 32, 1>(stage, out_base(it), o_sn,
+                                                                         it.qt * F::Q_TILE, Nq, tid - 32);
                     mbar_arrive(out_empty);
                 }
             }
@@ -655,16 +662,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 stage_outputs<OUT, CT, RB, false>(o, sm, svp, nullptr, stage);
             if (!PERSIST) {
                 named_sync(WG_BAR_OWN + cw, WG_THREADS);
-                constexpr int CHUNKS = RB / 16;
-                const int q_rows = it.qt * F::Q_TILE + 64 * cw;
-#pragma unroll 4
-                for (int i = wtid; i < 64 * CHUNKS; i += WG_THREADS) {
-                    const int row = i / CHUNKS, ch = i % CHUNKS;
-                    if (q_rows + row < Nq) {
-                        const uint4 v = *(const uint4*)(stage + row * RB + (ch ^ (row & 7)) * 16);
-                        *(uint4*)((unsigned char*)(obase + (i64)(q_rows + row) * o_sn) + ch * 16) = v;
-                    }
-                }
+                copy_out_rows<RB, 64, WG_THREADS, 4>(stage, obase, o_sn, it.qt * F::Q_TILE + 64 * cw, Nq, wtid);
             }
             store_lse(sm, row0, row1, t, Nq, lse, qkm, it.qhead, sm_scale);
         }

@@ -420,6 +420,12 @@ struct QuantBuffers {
     nq_pad: usize,
 }
 
+/// The size [`CudaBackend::alloc`] gives a buffer of `bytes`: whole 4-byte words (outputs are
+/// poisoned and zero-filled with 32-bit memsets), at least one.
+fn word_bytes(bytes: usize) -> usize {
+    bytes.max(4).div_ceil(4) * 4
+}
+
 /// Buffers of the quantization stage that outlived their call, for the next one to take (exact
 /// sizes). A call needs about a dozen; allocating them, stream-ordered as they are, still held the
 /// call's first kernel back on the host while the GPU waited (BENCHMARKS.md, session 10).
@@ -780,8 +786,7 @@ impl CudaBackend {
     /// this backend keeps (its scratch list, the default pool's freed memory) is handed back to the
     /// driver and the allocation tried once more.
     fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
-        // whole 4-byte words: outputs are poisoned and zero-filled with 32-bit memsets
-        let words = bytes.max(4).div_ceil(4) * 4;
+        let words = word_bytes(bytes);
         // SAFETY: every buffer allocated here is fully written by a kernel or a memset before use.
         let first = unsafe { self.stream.alloc::<u8>(words) };
         let again = match first {
@@ -817,7 +822,7 @@ impl CudaBackend {
 
     /// A quantization-stage buffer of `bytes`: one a past call left, or a new one.
     fn scratch(&self, bytes: usize) -> Result<Scratch> {
-        let size = bytes.max(4).div_ceil(4) * 4;
+        let size = word_bytes(bytes);
         let kept = self.scratch.as_ref().and_then(|s| {
             let mut list = s.lock().ok()?;
             let at = list.iter().position(|b| b.len() == size)?;
@@ -831,6 +836,11 @@ impl CudaBackend {
             buf: std::mem::ManuallyDrop::new(buf),
             home: self.scratch.clone(),
         })
+    }
+
+    /// An optional buffer's pointer, NULL where the call has none (ABI.md: optional pointers are 0).
+    fn opt_ptr(&self, s: &Option<Scratch>) -> Arg {
+        s.as_ref().map_or(NULL, |s| self.ptr(s))
     }
 
     fn ptr(&self, s: &CudaSlice<u8>) -> Arg {
@@ -918,14 +928,13 @@ impl CudaBackend {
             )?,
             self.tensor_map(&bufs.vt, bufs.nk_pad, b * hk * dp, kvt as u32, dp as u32)?,
         ];
-        let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
         let mut args = vec![
             self.ptr(&bufs.q_scales),
             self.ptr(&bufs.k_scales),
-            opt(&bufs.sv),
-            opt(&bufs.vm),
-            opt(&bufs.qm),
-            opt(&bufs.qkm),
+            self.opt_ptr(&bufs.sv),
+            self.opt_ptr(&bufs.vm),
+            self.opt_ptr(&bufs.qm),
+            self.opt_ptr(&bufs.qkm),
         ];
         // the mma.sync list from `out` to `lse`, then B (the grid is flat), then Hq on
         args.extend_from_slice(&tail[..5]);
@@ -938,7 +947,7 @@ impl CudaBackend {
         );
         let items = p.seq_q.div_ceil(form.rows()) * hq * b;
         // the persistent form: one CTA per multiprocessor (its shared memory allows no second), each
-        // taking every sms-th item
+        // taking one item per round of `ctas` (attn_wgmma.cu, item_of)
         let ctas = if form == WgmmaForm::Persist {
             items.min(cap.unwrap_or(self.sms))
         } else {
@@ -1010,7 +1019,6 @@ impl CudaBackend {
             nk_pad,
             nq_pad,
         };
-        let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
         let flag = |i: u64| match self.ptr(&bufs.nonfinite) {
             Arg::Ptr(p) => Arg::Ptr(p + 4 * i),
             other => other,
@@ -1074,7 +1082,14 @@ impl CudaBackend {
             .v_cols
             .and_then(|force| v_cols_width(p, self.ptr(v.0), nk_pad, force));
         if (fp8 || p.smooth_v) && v_cols.is_none() {
-            stats(v.0, &vs, fp8, p.smooth_v, opt(&bufs.vm), opt(&bufs.sv))?;
+            stats(
+                v.0,
+                &vs,
+                fp8,
+                p.smooth_v,
+                self.opt_ptr(&bufs.vm),
+                self.opt_ptr(&bufs.sv),
+            )?;
         }
         // Step 3 for K: quantize_k_rows where its case allows (quant.cu), else quantize_k (with the
         // INT8 copy for dS in INT4 mode)
@@ -1163,9 +1178,9 @@ impl CudaBackend {
             args.extend([
                 Arg::I32(hk as i32),
                 self.ptr(&bufs.km),
-                opt(&bufs.qkm),
+                self.opt_ptr(&bufs.qkm),
                 Arg::I32(p.smooth_q as i32),
-                opt(&bufs.qm),
+                self.opt_ptr(&bufs.qm),
             ]);
             args.extend([
                 gran,
@@ -1195,7 +1210,7 @@ impl CudaBackend {
                 Arg::I32(nk as i32),
                 Arg::I32(dp as i32),
                 Arg::I32(cw as i32),
-                opt(&bufs.sv),
+                self.opt_ptr(&bufs.sv),
                 self.ptr(&bufs.vt),
                 flag(2),
             ];
@@ -1212,9 +1227,9 @@ impl CudaBackend {
         }
         let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
         args.extend(dims(hk, nk));
-        args.push(opt(&bufs.vm));
+        args.push(self.opt_ptr(&bufs.vm));
         if fp8 {
-            args.push(opt(&bufs.sv));
+            args.push(self.opt_ptr(&bufs.sv));
         }
         args.extend([self.ptr(&bufs.vt), flag(2)]);
         if fp8 {
@@ -1367,19 +1382,18 @@ impl CudaBackend {
                 (None, true) => (self.ptr(&bufs.k_codes), self.ptr(&bufs.k_scales)),
                 (None, false) => (NULL, NULL),
             };
-            let opt = |s: &Option<Scratch>| s.as_ref().map_or(NULL, |s| self.ptr(s));
             let mut args = vec![
                 self.ptr(&bufs.q_codes),
                 self.ptr(&bufs.q_scales),
                 self.ptr(&bufs.k_codes),
                 self.ptr(&bufs.k_scales),
                 self.ptr(&bufs.vt),
-                if fp8 { opt(&bufs.sv) } else { NULL },
-                opt(&bufs.vm),
-                opt(&bufs.qm),
+                if fp8 { self.opt_ptr(&bufs.sv) } else { NULL },
+                self.opt_ptr(&bufs.vm),
+                self.opt_ptr(&bufs.qm),
                 k8c,
                 k8s,
-                opt(&bufs.qkm),
+                self.opt_ptr(&bufs.qkm),
                 self.ptr(&out),
                 os[0],
                 os[1],
