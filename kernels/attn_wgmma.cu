@@ -3,7 +3,7 @@
 // kernel's (the same scale groups, folds and two-level accumulation) with kv_block = KVT, the KV tile:
 // 128 (this backend's default for int8-fp8 on Hopper) or 64 (the mma.sync kernels' value).
 //
-// Three CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
+// Four CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
 //   pair (entries without suffix): three warpgroups, 128 query rows of one (batch, query head), one CTA
 //     per SM. Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of the Q tile
 //     and of K_j, V_j for every KV tile j into a ring of STAGES slots; each copy completes on its slot's
@@ -21,6 +21,8 @@
 //     other three warps while the consumers start the next item. The host takes it up to 2048 keys
 //     (4096 at DP = 64 under a causal mask), where a CTA's fixed costs are a large share
 //     (BENCHMARKS.md, session 10).
+//   trio (`_trio`, DP = 64 only): the pair with three consumer warpgroups, 192 query rows, 160
+//     registers per consumer, which therefore run each tile's products in order (F::PIPE below).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
@@ -29,8 +31,9 @@
 //     pv:             P (e4m3, from registers, in the accumulator layout) times V_j^T by wgmma
 //                     m64nDPk32 e4m3 into a FRESH f32 accumulator, then acc = acc * alpha + that:
 //                     no tensor-core accumulator outlives one KV block (Step 6's two-level sum)
-//   Each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1} and with the products of
-//   the other consumer warpgroup on the SM (the pair's partner, or the other solo CTA).
+//   Each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1} (not the trio's) and with
+//   the products of the other consumer warpgroups on the SM (the pair's partner, the trio's two
+//   others, or the other solo CTA).
 // Finally O = acc / (448 l) * sv (+ vm), and the log-sum-exp, as attn_mma.cu.
 //
 // Operands in shared memory are K-major, swizzled (common/hopper.cuh): Q and K_j rows are DP bytes of
@@ -56,10 +59,11 @@
 // Register split of the pair form (setmaxnreg): 128 * 24 + 256 * 240 <= 64K registers of the SM.
 #define WG_PRODUCER_REGS 24
 #define WG_CONSUMER_REGS 240
-#define WG_BAR_OWN 1  // 1, 2: each consumer's own barrier (dS, the staged outputs)
-#define WG_BAR_EPI 3  // every consumer past its last P V: the ring can hold the outputs
+#define WG_BAR_OWN 1  // 1 .. NC: each consumer's own barrier (dS, the staged outputs)
+#define WG_BAR_EPI 4  // every consumer past its last P V: the ring can hold the outputs
 
-// The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo. PERSIST
+// The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo, 3 = trio
+// (the pair's layout with a third consumer, DP = 64 only: 160 registers each). PERSIST
 // (pair only): one CTA per SM that loops over work items, so the next item's Q tile, sv / vm and first
 // K/V tiles load while the current one ends, and the producer's other warps copy the staged outputs
 // out while the consumers start the next item.
@@ -74,6 +78,14 @@ struct WgForm {
     // (3 * 32 KiB + its Q tile at KVT = DP = 128).
     static constexpr int STAGES = NC > 1 ? 4 : 3;
     static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
+    // consumer registers after setmaxnreg: 128 * 24 + NC * 128 * REGS <= 64K
+    static constexpr int CONSUMER_REGS = NC > 2 ? 160 : WG_CONSUMER_REGS;
+    // PIPE: each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1}, so S_j, that
+    // product's accumulator and acc are live at once. The trio's consumers cannot hold both in 160
+    // registers: each runs S_j, the softmax and P_j V_j in order, and the three overlap one another
+    // (three consumer warps per scheduler instead of two: at DP = 64 the softmax, not the tensor
+    // cores, bounds the pair).
+    static constexpr bool PIPE = NC < 3;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
 };
@@ -256,6 +268,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     constexpr int CT = DP / 8;    // 8-channel slices of O
     typedef typename OUT::T OutT;
     constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
+    // whether the consumers' output rows fit where the form stages them (the trio's f32 rows at KVT = 64
+    // do not fit the ring: lane by lane)
+    constexpr bool STAGE_FITS = PERSIST || NC * 64 * RB <= STAGES * (L::K_BYTES + L::V_BYTES);
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     unsigned char* base_ptr = smem_raw + (base - smem_addr(smem_raw));
@@ -317,10 +332,13 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // a padded head dim, an unaligned row; the persistent form's staging area holds 16-bit rows).
     auto staged_out = [&](const Item& it) {
         return D == DP && (u64)out_base(it) % 16 == 0 && (o_sn * (i64)sizeof(OutT)) % 16 == 0 &&
-               (!PERSIST || sizeof(OutT) == 2);
+               (!PERSIST || sizeof(OutT) == 2) && STAGE_FITS;
     };
-    // Copies of the padded code buffers: the Q tile (rows [Q_TILE qt, + Q_TILE), always inside the
-    // buffer) into buffer b, and KV tile j of the item's head into ring slot s.
+    // Copies of the padded code buffers: the Q tile (rows [Q_TILE qt, + Q_TILE): inside the head's
+    // padded rows for the pair and solo; the trio's 192 may run past them into the next head, or past
+    // the buffer, which TMA fills with zeros, but every consumer with a row below Nq has all its 64
+    // rows inside, as both are multiples of 64) into buffer b, and KV tile j of the item's head into
+    // ring slot s.
     auto load_q = [&](int w, int b) {
         const Item it = item(w);
         mbar_arrive_expect_tx(q_full(b), L::Q_BYTES);
@@ -413,7 +431,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             }
             return;
         }
-        regs_claim<WG_CONSUMER_REGS>();
+        regs_claim<F::CONSUMER_REGS>();
     } else if (tid == 0) {
         // solo: the ring's first STAGES tiles; the rest as slots come free (refill_k / refill_v)
         load_q(blockIdx.x, 0);
@@ -497,10 +515,13 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         const int sk_base = (int)(item(w).khead * groups_k) + t_k();
         auto sk_lane = [&](int i) { return k_scales[sk_base + i]; };
         if (smooth) {
-            // the CTA's rows lie in one smooth_q block (Q_TILE divides Q_SMOOTH_BLOCK)
+            // the consumer's rows lie in one smooth_q block (the pair's and solo's Q_TILE divides
+            // Q_SMOOTH_BLOCK, the trio's consumers start at multiples of 64)
             const i64 blocks = ceil_div(Nq, Q_SMOOTH_BLOCK);
             const Item it = item(w);
-            const i64 block = it.qt * F::Q_TILE / Q_SMOOTH_BLOCK;
+            // (a trio consumer wholly past Nq, which computes nothing, would index one block past the end)
+            const i64 block = NC > 2 ? min((i64)(it.qt * F::Q_TILE + 64 * cw) / Q_SMOOTH_BLOCK, blocks - 1)
+                                     : (i64)(it.qt * F::Q_TILE / Q_SMOOTH_BLOCK);
             if (n > 0) named_sync(WG_BAR_OWN + cw, WG_THREADS);  // every thread is done with the last item's
             for (int c = wtid; c < DP; c += WG_THREADS) s_qm[c] = qm[(it.qhead * blocks + block) * DP + c];
             named_sync(WG_BAR_OWN + cw, WG_THREADS);
@@ -560,7 +581,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             }
             // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
             // when it cannot pair them.
-            if (j > 0) {
+            if (!F::PIPE) {
+                wgmma_wait<0>();
+            } else if (j > 0) {
                 // ---- pv of tile j-1 (issued) ----
                 mbar_wait(v_full(sp), parity_p);
                 pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
@@ -601,7 +624,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 sm.update(sc, alpha);
             }
 
-            if (j > 0) {
+            if (F::PIPE && j > 0) {
                 wgmma_wait<0>();
                 reg_fence(f);
                 __syncwarp();
@@ -610,10 +633,24 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 merge_block(o, f, alpha_prev);
             }
             p_to_e4m3_a(sc, pf);
+            if (!F::PIPE) {
+                // ---- pv of tile j, waited for ----
+                mbar_wait(v_full(s), parity);
+                wgmma_fence();
+                pv_issue<DP, KVT>(f, pf, s_v + s * L::V_BYTES);
+                wgmma_wait<0>();
+                reg_fence(f);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(v_empty(s));
+                refill_v(j);
+                merge_block(o, f, alpha);
+            }
             alpha_prev[0] = alpha[0];
             alpha_prev[1] = alpha[1];
         }
-        if (my_tiles > 0) {
+        if (!F::PIPE) {
+            if (my_tiles > 0 && my_tiles < n_tiles) release_k(my_tiles);
+        } else if (my_tiles > 0) {
             // ---- pv of the last tile ----
             const int sp = slot(my_tiles - 1);
             mbar_wait(v_full(sp), phase(my_tiles - 1));
@@ -646,12 +683,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             // 1/l once per row: 64 correctly rounded divisions per row cost about a KV tile's softmax
             store_rows<OUT, CT, true, true>(o, sm, svp, vmp, obase, o_sn, row0, row1, t, Nq, D, lse, qkm, it.qhead,
                                             sm_scale);
-        } else {
+        } else if constexpr (STAGE_FITS) {
             // The consumer's 64 x DP outputs are written into shared memory (the pair form: the K/V ring,
             // free once every consumer is past its last P V), then copied out a 16-byte chunk per thread
             // and step: whole rows per warp instead of a lane's two channels of 8 rows per store (half of
             // each 32-byte sector). BENCHMARKS.md, session 7.
-            static_assert(PERSIST || NC * 64 * RB <= F::STAGES * (L::K_BYTES + L::V_BYTES), "staging fits in the ring");
             if (!PERSIST) named_sync(WG_BAR_EPI, NC * WG_THREADS);
             unsigned char* stage = base_ptr + (PERSIST ? L::STAGE_OFF : L::K_OFF) + cw * 64 * RB;
             // one instantiation with vm and one without, so the path taken is straight-line code: the
@@ -675,10 +711,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist]: sm_90a only; 384 threads
-// (pair, `_persist`) or 128 (`_solo`), dynamic shared memory WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024,
-// grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1), or at most that many for `_persist` (one per SM), Q_TILE =
-// 128 (pair, `_persist`) or 64 (`_solo`). Parameters: ABI.md ("Hopper kernel").
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist], and _hd64_..._trio: sm_90a
+// only; 384 threads (pair, `_persist`), 128 (`_solo`) or 512 (`_trio`), dynamic shared memory
+// WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024, grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1), or at most that
+// many for `_persist` (one per SM), Q_TILE = 128 (pair, `_persist`), 64 (`_solo`) or 192 (`_trio`).
+// Parameters: ABI.md ("Hopper kernel").
 #define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, PERSIST, OUT)                                                     \
     extern "C" __global__ void __launch_bounds__(WgForm<NC>::THREADS, WgForm<NC>::MIN_CTAS)                   \
         NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                      \
@@ -694,10 +731,12 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, false, OUT)     \
     SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, false, OUT) \
     SAGE_WGMMA_ENTRY(NAME##_persist, DP, KVT, 2, true, OUT)
-#define SAGE_WGMMA_SHAPES(DT, OUT)                                       \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
+#define SAGE_WGMMA_SHAPES(DT, OUT)                                                    \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)                \
+    SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_kv64_hd64_##DT##_trio, 64, 64, 3, false, OUT) \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT)              \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT)              \
+    SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_kv128_hd64_##DT##_trio, 64, 128, 3, false, OUT) \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
 #ifdef SAGE_WANT_F16

@@ -217,6 +217,13 @@ SAGE_DEVICE void tile_group_amax(const float (&x)[RowLayout<DP>::STEPS][8], int 
 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
 SAGE_DEVICE float quant_scale(float amax, int qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, (float)qmax); }
+// A channel's FP8 V scale (Step 7): amax / 448, and 1 where that is zero: amax == 0, or an f32 amax
+// below ~6e-43 whose quotient underflows (V / 0 would code every value as NaN or 448; with 1 the
+// channel's codes are 0, off by less than its amax).
+SAGE_DEVICE float v_scale(float amax) {
+    const float s = __fdiv_rn(amax, E4M3_MAX);
+    return s == 0.0f ? 1.0f : s;
+}
 SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f : __fdiv_rn((float)qmax, amax); }
 
 // The tile's scale groups from their absmax in `gmax`: qmax/amax of each into `ginv` (for K also
@@ -350,7 +357,7 @@ SAGE_DEVICE void tree_reduce(float* x) {
 // head (tpc a power of two: an aligned block of the pairwise sum) and writes the block's channel
 // sums, and with `minmax` its channel maxima and minima over real tokens, to part[b, h, i, 0..2, :].
 // kv_stats_finish: one CTA per head combines the blocks in order (pairwise_push) and finishes as
-// the CPU: mean = (sum + 0.0) / N; with `vscale_out`: sv[c] = amax / 448 (1 when amax == 0) where
+// the CPU: mean = (sum + 0.0) / N; with `vscale_out`: sv[c] = v_scale(amax) where
 // amax = max_n |V'[n,c]|; for V' = V - vm that is max(vmax - vm, vm - vmin) EXACTLY: f32 subtraction
 // is monotonic, so the largest |fl(v - vm)| is reached at vmax or at vmin.
 // (Before: one CTA per 32 channels of a head, a chain of N dependent additions in token order, the
@@ -526,7 +533,7 @@ SAGE_DEVICE void finish_stats(const float* part, int nb, int H, int N, int D, in
         amax = smooth ? fmaxf(mx - mean, mean - mn) : fmaxf(mx, -mn);
     }
     if (mean_out != nullptr) mean_out[head * Dp + c] = smooth ? mean : 0.0f;
-    if (vscale_out != nullptr) vscale_out[head * Dp + c] = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+    if (vscale_out != nullptr) vscale_out[head * Dp + c] = v_scale(amax);
 }
 
 // ---- quantize_k: Steps 1 (subtract km), 2b, 3 ----------------------------------------------------
@@ -1229,7 +1236,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
         const float amax = DT::load((u16)(e ? ab >> 16 : ab & 0xffffu));
-        const float s = amax == 0.0f ? 1.0f : __fdiv_rn(amax, E4M3_MAX);
+        const float s = v_scale(amax);
         if (tid < P) sv[head * Dp + ch0 + 2 * p + e] = s;
         // V / sv = (V * pre) / (sv * pre) exactly for a power of two: 2^64 where 1 / sv would
         // overflow or lose precision (sv < 2^-100); |V| <= 448 sv keeps V * pre finite

@@ -42,8 +42,10 @@ fn quantize_v(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var scale = vec4<f32>(1.0);
     for (var k = 0u; k < 4u; k++) {
-        if (amax[k] != 0.0) {
-            scale[k] = div_exact(amax[k], E4M3_MAX);
+        // 1 where amax / 448 is zero: amax == 0, or a quotient that underflows (ALGORITHM.md Step 7)
+        let s = div_exact(amax[k], E4M3_MAX);
+        if (s != 0.0) {
+            scale[k] = s;
         }
         aux[P.scale_offset + bh * dp + 4u * c4 + k] = scale[k];
     }

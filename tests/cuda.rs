@@ -64,3 +64,23 @@ fn hopper_persistent_form_across_items() {
     conformance::end_to_end(&backend);
     conformance::options(&backend);
 }
+
+/// The trio form (three consumer warpgroups of 64 rows, head dim 64; the pair elsewhere): the suite's
+/// end-to-end and options checks, whatever the form the host would choose. Its 192-row Q tiles run
+/// past a head's padded rows, its consumers start in different smooth_q blocks.
+#[test]
+fn hopper_trio_form() {
+    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
+    else {
+        return;
+    };
+    if backend.arch() != "sm_90a" {
+        println!("skipped: {} has no Hopper kernel", backend.arch());
+        return;
+    }
+    backend
+        .set_wgmma_cta("trio")
+        .unwrap_or_else(|e| panic!("{e}"));
+    conformance::end_to_end(&backend);
+    conformance::options(&backend);
+}

@@ -178,7 +178,7 @@ inline KvHead prepare_kv(const Problem& p, const float* k, const float* v) {
         std::vector<float> amax(dp, 0.0f);
         for (int r = 0; r < n; ++r) for (int c = 0; c < dp; ++c) amax[c] = std::fmax(amax[c], std::fabs(vs[r * dp + c]));
         h.v_scales.resize(dp);
-        for (int c = 0; c < dp; ++c) h.v_scales[c] = amax[c] == 0 ? 1.0f : amax[c] / 448.0f;
+        for (int c = 0; c < dp; ++c) { const float sv = amax[c] / 448.0f; h.v_scales[c] = sv == 0.0f ? 1.0f : sv; }  // 1 where it underflows too
         h.v_codes.resize(n * dp); h.v_decoded.resize(n * dp);
         for (int i = 0; i < n * dp; ++i) {
             h.v_codes[i] = e4m3_encode(vs[i] / h.v_scales[i % dp]);

@@ -594,6 +594,8 @@ int main(int argc, char** argv) {
         // the 2^64 pre-scale is per channel (a shared one took 1 and misrounded the tiny channels)
         {"int8-fp8 tiny and huge v f32", 1, 2, 1, 70, 300, 64, F32, NHD, INT8_FP8, PER_WARP, -1, false, false, false, 0, 2e-39f, 1.0f, 1e15f},
         {"int8-fp8 tiny and huge v bf16 smooth_v", 1, 2, 1, 70, 300, 128, BF16, HND, INT8_FP8, PER_THREAD, -1, true, false, false, 0, 5e-39f, 1.0f, 2e14f},
+        // V scales that underflow to 0 (values near 1e-44): sv = 1, codes 0 (ALGORITHM.md Step 7, "1 if zero")
+        {"int8-fp8 underflowing v f32", 1, 2, 1, 70, 300, 64, F32, HND, INT8_FP8, PER_WARP, -1, false, false, false, 0, 1e-44f},
         // group absmax below 127 / FLT_MAX (bf16 only): 127 / amax is +Inf, codes +-127 and 0
         {"int8-fp8 tiny qk bf16", 1, 2, 1, 70, 130, 128, BF16, HND, INT8_FP8, PER_WARP, -1, false, false, false, 0, 1.0f, 1e-38f},
         // the lean quantize_*_rows kernels at the granularities the cases above leave out, over

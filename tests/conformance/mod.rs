@@ -925,6 +925,79 @@ pub fn bad_inputs(backend: &dyn AttentionBackend) {
             }
         }
     }
+    // f32 V channels whose absmax / 448 underflows (values near 1e-44, zeros among them): the FP8
+    // scale of such a channel is 1 (ALGORITHM.md Step 7's "1 if zero"), so its codes are 0 and the
+    // output stays finite; dividing by a zero scale made NaN codes of the zeros.
+    for mode in [Mode::Int8Fp8, Mode::Int4Fp8] {
+        report.checked += 1;
+        let shape = Shape::new(1, 2, 130, 64);
+        let mut rng = Rng::new(seed() ^ 0x7e5);
+        let mut vals = |tiny: bool| -> Vec<f32> {
+            (0..shape.numel())
+                .map(|i| {
+                    let x = rng.normal();
+                    match (tiny, i % 64) {
+                        (true, 5) => 1e-44 * x.signum(),
+                        (true, 9) if i % 3 == 0 => 1e-44,
+                        (true, 9) => 0.0,
+                        _ => x,
+                    }
+                })
+                .collect()
+        };
+        let make = |v: &[f32]| {
+            Tensor::from_f32_hnd(v, shape, DType::F32, Layout::Hnd)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (q, k, v) = (make(&vals(false)), make(&vals(false)), make(&vals(true)));
+        let pm = params_for(mode, Granularity::PerThread, false);
+        let name = format!("{mode:?} with V channels of 1e-44");
+        if let Some(reason) = unsupported(
+            backend,
+            &Case {
+                batch: 1,
+                heads_q: 2,
+                heads_kv: 2,
+                seq_q: 130,
+                seq_k: 130,
+                head_dim: 64,
+                dtype: DType::F32,
+                layout: Layout::Hnd,
+            },
+            &pm,
+        ) {
+            report.skipped.push(format!("{name}: {reason}"));
+            continue;
+        }
+        match (
+            backend.attention(&q, &k, &v, &pm),
+            reference_attention(&q, &k, &v, &pm),
+        ) {
+            (Ok(o), Ok(exact)) => {
+                let out = o.out.to_f32_hnd();
+                let m = Metrics::compare(&out, &exact.out);
+                let (min_cos, max_l1) = accuracy_bound(mode, DType::F32);
+                let tiny_ok = out
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| matches!(i % 64, 5 | 9))
+                    .all(|(_, x)| x.abs() <= 1e-40);
+                if out.iter().any(|x| !x.is_finite())
+                    || !tiny_ok
+                    || m.cos < min_cos
+                    || m.rel_l1 > max_l1
+                {
+                    report.fail(format!(
+                        "{name}: finite {}, tiny channels near 0 {tiny_ok}, cos {:.6} rel_l1 {:.5}",
+                        out.iter().all(|x| x.is_finite()),
+                        m.cos,
+                        m.rel_l1
+                    ));
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => report.fail(format!("{name}: {e}")),
+        }
+    }
     // The exact mode lets NaN propagate instead of failing.
     report.checked += 1;
     let mut vals = t(1, 1, 4, 64).to_f32_hnd();

@@ -13,7 +13,7 @@ use crate::backend::{
 };
 use crate::config::{AttentionParams, Mode};
 use crate::error::{Error, Result};
-use crate::numerics::fp8::{E4M3_MAX, e4m3_decode, e4m3_encode, e4m3_round};
+use crate::numerics::fp8::{E4M3_MAX, e4m3_decode, e4m3_encode, e4m3_round, fp8_v_scale};
 use crate::numerics::hadamard::fwht_normalized;
 use crate::numerics::quant::{Operand, quantize_rows, scale_group, scale_groups};
 use crate::numerics::smooth::{block_means, token_mean};
@@ -173,10 +173,7 @@ fn prepare_kv(p: &Problem, k: &[f32], v: &[f32], b: usize, h: usize) -> Result<K
                 *a = a.max(x.abs());
             }
         }
-        let scales: Vec<f32> = amax
-            .iter()
-            .map(|&a| if a == 0.0 { 1.0 } else { a / E4M3_MAX })
-            .collect();
+        let scales: Vec<f32> = amax.iter().map(|&a| fp8_v_scale(a)).collect();
         let codes: Vec<u8> = vs
             .iter()
             .enumerate()

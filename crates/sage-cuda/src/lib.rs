@@ -162,12 +162,14 @@ unsafe impl DeviceRepr for TensorMap {}
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
 /// its own copies, two CTAs per multiprocessor; `Persist` the pair with one CTA per multiprocessor
 /// looping over work items, so that the next item's loads and the last item's output copies overlap
-/// the consumers' work.
+/// the consumers' work; `Trio` the pair with a third consumer warpgroup (head dim 64 only; 160
+/// registers per consumer, each running its products in order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
     Solo,
     Persist,
+    Trio,
 }
 
 impl WgmmaForm {
@@ -176,12 +178,13 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 128,
             WgmmaForm::Solo => 64,
+            WgmmaForm::Trio => 192,
         }
     }
     /// K/V ring depth (`WgForm::STAGES`).
     fn stages(self) -> usize {
         match self {
-            WgmmaForm::Pair | WgmmaForm::Persist => 4,
+            WgmmaForm::Pair | WgmmaForm::Persist | WgmmaForm::Trio => 4,
             WgmmaForm::Solo => 3,
         }
     }
@@ -189,6 +192,7 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 384,
             WgmmaForm::Solo => 128,
+            WgmmaForm::Trio => 512,
         }
     }
     fn suffix(self) -> &'static str {
@@ -196,6 +200,7 @@ impl WgmmaForm {
             WgmmaForm::Pair => "",
             WgmmaForm::Solo => "_solo",
             WgmmaForm::Persist => "_persist",
+            WgmmaForm::Trio => "_trio",
         }
     }
     /// Q tile and sv / vm buffers (`WgForm::BUFS`).
@@ -212,51 +217,59 @@ impl WgmmaForm {
 type FormSetting = Option<(WgmmaForm, Option<usize>)>;
 
 /// Parses `SAGE_CUDA_WGMMA_CTA`: `pair`, `solo`, `persist`, `persist:<CTAs>` (at most that many CTAs,
-/// so that each crosses many items: a test setting), or unset / `auto` (`None`: chosen per shape by
-/// [`auto_form`]).
+/// so that each crosses many items: a test setting), `trio` (the pair at head dims other than 64),
+/// or unset / `auto` (`None`: chosen per shape by [`auto_form`]).
 fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, String> {
     match value {
         None | Some("auto") => Ok(None),
         Some("pair") => Ok(Some((WgmmaForm::Pair, None))),
         Some("solo") => Ok(Some((WgmmaForm::Solo, None))),
         Some("persist") => Ok(Some((WgmmaForm::Persist, None))),
+        Some("trio") => Ok(Some((WgmmaForm::Trio, None))),
         Some(v) => match v.strip_prefix("persist:").map(str::parse::<usize>) {
             Some(Ok(n)) if n > 0 => Ok(Some((WgmmaForm::Persist, Some(n)))),
             _ => Err(format!(
-                "`{v}` is not auto, pair, solo, persist or persist:<CTAs>"
+                "`{v}` is not auto, pair, solo, trio, persist or persist:<CTAs>"
             )),
         },
     }
 }
 
-/// The form for head dim `dp` (padded), `seq_k` keys and the mask. Measured on an H200 (BENCHMARKS.md,
-/// session 10, kv_block 128), kernel only against the pair in the same call: the persistent form is
-/// faster with few keys per item: at 1024 keys +10 % (D = 128) and +8 % (D = 64, against solo, which
-/// was 5-7 % ahead of the pair there), at 2048 +3 to +13 %, causal or not; at 4096 keys only D = 64
-/// under a causal mask (+9 %; D = 128 -3 %), and from 16384 on it is slower (the pair's fixed costs
-/// are a small share there and the persistent loop costs registers and balance). Not measured at
-/// kv_block 64 (the same thresholds are applied). With f32 outputs (`out16` false), which the
-/// persistent form stores lane by lane rather than staged, it was not measured: those keep session
-/// 7's choice, solo at D = 64 with at most 1024 keys (5-7 % ahead of the pair there), else the pair.
-fn auto_form(dp: usize, seq_k: usize, causal: bool, out16: bool) -> WgmmaForm {
-    if !out16 {
+/// The form for head dim `dp` (padded) and `seq_k` keys. Measured on an H200, kernel only in one call
+/// (BENCHMARKS.md, sessions 10 and 11, kv_block 128): at D = 64 the trio is ahead from 2048 keys on,
+/// causal or not (+7 to +16 % against the persistent form at 2048 and 4096 keys, +13 % against the
+/// pair at 16384), level with the persistent form at 1024. At D = 128, or with fewer keys, the
+/// persistent form is faster with few keys per item: at 1024 keys +10 % (D = 128) and +8 % (D = 64,
+/// against solo), at 2048 (D = 128) +3 %; from 4096 keys on the pair (its fixed costs are a small
+/// share there and the persistent loop costs registers and balance). Not measured at kv_block 64
+/// (the same thresholds are applied). With f32 outputs, which the persistent form stores lane by lane
+/// rather than staged (never measured there), D = 64 with at most 1024 keys keeps session 7's solo
+/// (5-7 % ahead of the pair there); the trio's gain is in the KV loop, which f32 outputs share, so it
+/// takes them above 1024 keys too (not measured with f32).
+fn auto_form(dp: usize, seq_k: usize, out16: bool) -> WgmmaForm {
+    if dp == 64 && seq_k > TRIO_MIN_KEYS {
+        WgmmaForm::Trio
+    } else if !out16 {
         if dp == 64 && seq_k <= SOLO_MAX_KEYS {
             WgmmaForm::Solo
         } else {
             WgmmaForm::Pair
         }
-    } else if seq_k <= PERSIST_MAX_KEYS || (dp == 64 && causal && seq_k <= 2 * PERSIST_MAX_KEYS) {
+    } else if seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
     } else {
         WgmmaForm::Pair
     }
 }
 
+/// At D = 64, [`auto_form`] takes the trio above this many keys.
+const TRIO_MIN_KEYS: usize = 1024;
+
 /// The longest key sequence that [`auto_form`] gives the solo form (f32 outputs).
 const SOLO_MAX_KEYS: usize = 1024;
 
-/// The longest key sequence that [`auto_form`] gives the persistent form (twice that at D = 64
-/// under a causal mask).
+/// The longest key sequence that [`auto_form`] gives the persistent form (at D = 128; 1024 at D = 64,
+/// where the trio takes over).
 const PERSIST_MAX_KEYS: usize = 2048;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist]`: the Q tile(s), K
@@ -566,7 +579,7 @@ impl CudaBackend {
     }
 
     /// Pins the Hopper kernel's CTA form as `SAGE_CUDA_WGMMA_CTA` would (`auto`, `pair`, `solo`,
-    /// `persist`, `persist:<CTAs>`), for tests that must cover a form whatever the environment says.
+    /// `trio`, `persist`, `persist:<CTAs>`), for tests that must cover a form whatever the environment says.
     pub fn set_wgmma_cta(&mut self, setting: &str) -> Result<()> {
         let form = wgmma_form_setting(Some(setting))
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?;
@@ -593,7 +606,15 @@ impl CudaBackend {
             return Ok(out);
         }
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
-            for form in [WgmmaForm::Pair, WgmmaForm::Solo, WgmmaForm::Persist] {
+            for form in [
+                WgmmaForm::Pair,
+                WgmmaForm::Solo,
+                WgmmaForm::Persist,
+                WgmmaForm::Trio,
+            ] {
+                if form == WgmmaForm::Trio && dp != 64 {
+                    continue;
+                }
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
                 let smem = wgmma_smem_bytes(dp, kvt, form);
                 // set up as launch_with does, so the figure is the one launches get
@@ -909,8 +930,14 @@ impl CudaBackend {
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
             .unwrap_or_else(|| {
                 let out16 = p.dtype != DType::F32;
-                (auto_form(dp, p.seq_k, p.causal, out16), None)
+                (auto_form(dp, p.seq_k, out16), None)
             });
+        // the trio exists at head dim 64 only (its consumers' 160 registers)
+        let form = if form == WgmmaForm::Trio && dp != 64 {
+            WgmmaForm::Pair
+        } else {
+            form
+        };
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -1790,31 +1817,21 @@ mod tests {
     }
 
     #[test]
-    fn auto_form_takes_persist_for_few_keys() {
+    fn auto_form_takes_persist_for_few_keys_and_the_trio_at_d64() {
         for dp in [64, 128] {
-            for causal in [false, true] {
-                assert_eq!(auto_form(dp, 1, causal, true), WgmmaForm::Persist);
-                assert_eq!(
-                    auto_form(dp, PERSIST_MAX_KEYS, causal, true),
-                    WgmmaForm::Persist
-                );
-                assert_eq!(auto_form(dp, 16384, causal, true), WgmmaForm::Pair);
-            }
+            assert_eq!(auto_form(dp, 1, true), WgmmaForm::Persist);
+            assert_eq!(auto_form(dp, TRIO_MIN_KEYS, true), WgmmaForm::Persist);
         }
-        assert_eq!(
-            auto_form(128, PERSIST_MAX_KEYS + 1, true, true),
-            WgmmaForm::Pair
-        );
-        assert_eq!(
-            auto_form(64, PERSIST_MAX_KEYS + 1, false, true),
-            WgmmaForm::Pair
-        );
-        assert_eq!(auto_form(64, 4096, true, true), WgmmaForm::Persist);
-        assert_eq!(auto_form(64, 4097, true, true), WgmmaForm::Pair);
-        // f32 outputs: session 7's choice
-        assert_eq!(auto_form(64, 1024, true, false), WgmmaForm::Solo);
-        assert_eq!(auto_form(64, 1025, false, false), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 1024, false, false), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, PERSIST_MAX_KEYS, true), WgmmaForm::Persist);
+        assert_eq!(auto_form(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::Pair);
+        assert_eq!(auto_form(128, 16384, true), WgmmaForm::Pair);
+        for out16 in [true, false] {
+            assert_eq!(auto_form(64, TRIO_MIN_KEYS + 1, out16), WgmmaForm::Trio);
+            assert_eq!(auto_form(64, 16384, out16), WgmmaForm::Trio);
+        }
+        // f32 outputs below the trio: session 7's choice
+        assert_eq!(auto_form(64, 1024, false), WgmmaForm::Solo);
+        assert_eq!(auto_form(128, 1024, false), WgmmaForm::Pair);
     }
 
     #[test]
@@ -1836,6 +1853,10 @@ mod tests {
         assert_eq!(
             wgmma_form_setting(Some("persist:3")),
             Ok(Some((WgmmaForm::Persist, Some(3))))
+        );
+        assert_eq!(
+            wgmma_form_setting(Some("trio")),
+            Ok(Some((WgmmaForm::Trio, None)))
         );
         for bad in ["on", "2", "Solo", "", "persist:", "persist:0", "persist:x"] {
             assert!(wgmma_form_setting(Some(bad)).is_err(), "{bad}");
@@ -1872,6 +1893,7 @@ mod tests {
             assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Persist) <= 227 * 1024);
             assert!(2 * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024);
         }
+        assert_eq!(wgmma_smem_bytes(64, 128, WgmmaForm::Trio), 83_344);
     }
 
     #[test]
