@@ -723,6 +723,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
              const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,            \
              i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,      \
              int Nk, int D, int granularity, int causal, float sm_scale) {                                   \
+        grid_dependency_sync();                                                                               \
         attn_wgmma<DP, KVT, NC, PERSIST, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,      \
                                      o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
                                      granularity, causal, sm_scale);                                          \

@@ -1282,6 +1282,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         kv_stats_blocks_##SUFFIX(const DT::T* x, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
                                  int D, int Dp, int minmax, int tpc, float* part) {                       \
+        grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
         if (Dp == 128) {                                                                                  \
             if (minmax) kv_stats_blocks<DT, 128, true>(x, stride_b, stride_h, stride_n, H, N, D, tpc, part, s_dyn); \
@@ -1295,6 +1296,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         quantize_k_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N, int D, \
                             int Dp, const float* km, int granularity, int qmax, int rotate, u8* codes,    \
                             float* scales, i8* codes8, float* scales8, int* nonfinite, int tpc) {         \
+        grid_dependency_sync();                                                                           \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QK_CALL, DT)                                                                    \
     }                                                                                                     \
@@ -1303,6 +1305,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
                             int Dp, int Hkv, const float* km, float* qkm, int smooth_q, float* qm,        \
                             int granularity, int qmax, int rotate, u8* codes, float* scales,              \
                             int* nonfinite, int tpc) {                                                    \
+        grid_dependency_sync();                                                                           \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QQ_CALL, DT)                                                                    \
     }                                                                                                     \
@@ -1310,6 +1313,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         quantize_v_e4m3_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,  \
                                  int D, int Dp, const float* vm, const float* sv, u8* vt, int* nonfinite,  \
                                  int tpc) {                                                               \
+        grid_dependency_sync();                                                                           \
         __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 4];                                     \
         __shared__ __align__(16) DT::T s_tile[Staging<DT>::ELEMS];                                        \
         SAGE_DP_DISPATCH(SAGE_QV8_CALL, DT)                                                                   \
@@ -1317,6 +1321,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     extern "C" __global__ void __launch_bounds__(QUANT_THREADS, 2)                                         \
         quantize_v_f16_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,   \
                                 int D, int Dp, const float* vm, u16* vt, int* nonfinite) {                \
+        grid_dependency_sync();                                                                           \
         __shared__ __align__(16) u32 s_vt[MAX_DP * QUANT_TOKENS / 2];                                     \
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
@@ -1327,6 +1332,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     extern "C" __global__ void __launch_bounds__(VCOLS_THREADS, 2)                                          \
         quantize_v_cols_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                  int Dp, int cw, float* sv, u8* vt, int* nonfinite) {                     \
+        grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
         if (cw == 16)                                                                                     \
             quantize_v_cols<DT, 16>(v, stride_b, stride_h, stride_n, H, N, Dp, sv, vt, nonfinite, s_dyn);  \
@@ -1340,6 +1346,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     extern "C" __global__ void __launch_bounds__(QROWS_THREADS, 2)                                          \
         quantize_q_rows_##SUFFIX(const DT::T* q, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                  int Dp, int granularity, u8* codes, float* scales, int* nonfinite, int tpc) { \
+        grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
         if (Dp == 128)                                                                                    \
             quantize_q_rows<DT, 128>(q, stride_b, stride_h, stride_n, H, N, granularity, codes, scales,    \
@@ -1356,6 +1363,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         quantize_k_rows_##SUFFIX(const DT::T* k, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                  int Dp, const float* km, int granularity, u8* codes, float* scales,      \
                                  int* nonfinite, int tpc) {                                               \
+        grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
         if (Dp == 128)                                                                                    \
             quantize_k_rows<DT, 128>(k, stride_b, stride_h, stride_n, H, N, km, granularity, codes, scales, \
@@ -1393,6 +1401,7 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
 extern "C" __global__ void __launch_bounds__(MAX_DP)
     kv_stats_finish(const float* part, int nb, int H, int N, int D, int Dp, int smooth, float* mean_out,
                     float* vscale_out) {
+    grid_dependency_sync();
     finish_stats(part, nb, H, N, D, Dp, smooth, mean_out, vscale_out);
 }
 

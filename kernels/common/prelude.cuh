@@ -56,6 +56,20 @@ typedef long long i64;
 #define SAGE_WANT_F32 1
 #endif
 
+// Programmatic dependent launch (sm_90; ABI.md, "Launch order"): the host launches the quantization
+// stage's kernels and the Hopper attention kernel so that each may be scheduled before the previous
+// kernel in the stream has finished (its launch and block placement then overlap that kernel's
+// tail). Every such kernel calls this before it touches global memory: it waits until the previous
+// grid has completed and its writes are visible, then lets the next kernel launch as soon as every
+// block of this one has started. Launched without the attribute (other GPUs, SAGE_CUDA_PDL=0), both
+// instructions return at once.
+SAGE_DEVICE void grid_dependency_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(SAGE_HOST_EMULATOR)
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // 16 bytes moved as one vector access (ld/st .v4.u32); needs 16-byte aligned addresses.
 struct __align__(16) U32x4 {
     u32 x, y, z, w;

@@ -24,6 +24,8 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __CUDA_ARCH__ 900
+// one grid at a time: nothing to wait for (prelude.cuh, grid_dependency_sync)
+#define SAGE_HOST_EMULATOR 1
 // Dynamic shared memory: one static buffer per kernel (the emulator runs one block at a time).
 #define SAGE_DYNAMIC_SMEM(name) alignas(16) static unsigned char name[256 * 1024]
 #define SAGE_AMALGAMATED 1

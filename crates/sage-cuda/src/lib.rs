@@ -289,6 +289,17 @@ fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
         + 1024
 }
 
+/// The driver's CUDA version as 1000 * major + 10 * minor (0 if it does not say): launches with
+/// attributes (`cuLaunchKernelEx`) need 12.0.
+fn driver_version() -> i32 {
+    let mut v = 0;
+    // SAFETY: writes one int; called after the driver library was found and initialized.
+    match unsafe { sys::cuDriverGetVersion(&mut v) }.result() {
+        Ok(()) => v,
+        Err(_) => 0,
+    }
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -315,6 +326,11 @@ pub struct CudaBackend {
     v_cols: Option<Option<usize>>,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
+    /// The quantization stage's kernels and the Hopper attention kernel launched as programmatic
+    /// dependents of the kernel before them (sm_90, unless `SAGE_CUDA_PDL=0`): each may be scheduled
+    /// while that kernel ends, and waits for it in its first instruction (prelude.cuh,
+    /// `grid_dependency_sync`).
+    pdl: bool,
     /// Quantization-stage buffers kept between calls (none with `SAGE_CUDA_POOL_KEEP=0`).
     scratch: Option<ScratchList>,
 }
@@ -566,6 +582,9 @@ impl CudaBackend {
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
             wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
             q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
+            pdl: cc.0 >= 9
+                && driver_version() >= 12_000
+                && std::env::var("SAGE_CUDA_PDL").map_or(true, |v| v != "0"),
             k_rows: std::env::var("SAGE_CUDA_K_ROWS").map_or(true, |v| v != "0"),
             v_cols: match std::env::var("SAGE_CUDA_V_COLS").as_deref() {
                 Ok("0") => None,
@@ -730,6 +749,9 @@ impl CudaBackend {
         }
         let f = self.function_for(module, name, smem)?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        if self.pdl && matches!(module, Module::Quant | Module::AttnWgmma) {
+            return self.launch_dependent(&f, name, grid, block, smem, maps, &slots);
+        }
         let mut builder = self.stream.launch_builder(&f);
         for m in maps {
             builder.arg(m);
@@ -746,6 +768,66 @@ impl CudaBackend {
         // the sizes it states, scalars in their C types); launch errors are checked below.
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(name, e))?;
         Ok(())
+    }
+
+    /// `launch_with` for a kernel that starts with `grid_dependency_sync` (every entry of quant.cu and
+    /// attn_wgmma.cu): launched with the programmatic stream serialization attribute, so that the
+    /// driver may schedule it before the previous kernel in the stream has completed.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_dependent(
+        &self,
+        f: &CudaFunction,
+        name: &str,
+        grid: [usize; 3],
+        block: u32,
+        smem: u32,
+        maps: &[TensorMap],
+        slots: &[u64],
+    ) -> Result<()> {
+        // the parameter list as cuLaunchKernelEx reads it: a pointer to each argument's value (a
+        // 128-byte tensor map, or a scalar or pointer in the low bytes of a u64, as launch_builder
+        // passes them)
+        let mut params: Vec<*mut std::ffi::c_void> = maps
+            .iter()
+            .map(|m| m as *const TensorMap as *mut std::ffi::c_void)
+            .chain(
+                slots
+                    .iter()
+                    .map(|s| s as *const u64 as *mut std::ffi::c_void),
+            )
+            .collect();
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid[0] as u32,
+            gridDimY: grid[1] as u32,
+            gridDimZ: grid[2] as u32,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `params` points at live values laid out as kernels/ABI.md states for `name` (the
+        // same list launch_builder would pass), `f` belongs to this context, and `config` names this
+        // backend's stream; the result is checked.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| driver_error(name, e))
     }
 
     /// A TMA map of `buf` as a row-major u8 matrix of `rows` rows of `inner` bytes, copied in boxes
