@@ -12,15 +12,16 @@
 //   solo (`_solo`): one consumer warpgroup of 64 rows whose first warp also issues the copies (a
 //     slot is refilled as soon as the four warps release it), two CTAs per SM at up to 255 registers.
 //     Its two CTAs per SM share nothing; measured faster than the pair only at DP = 64 with few KV
-//     tiles (BENCHMARKS.md, session 7), and slower there than the persistent form (session 10): kept
-//     for explicit use, the host no longer picks it.
+//     tiles (BENCHMARKS.md, session 7), and slower there than the persistent form (session 10): the
+//     host takes it only for f32 outputs at DP = 64 up to 1024 keys (the persistent form stages
+//     16-bit outputs only).
 //   persistent (`_persist`): the pair with one CTA per SM looping over work items (a round of gridDim.x
 //     items at a time, walked in alternate directions). The ring runs on across items; the Q tile and
 //     sv / vm are double-buffered, so the producer loads item n + 1's while item n's last tiles and
 //     epilogue run; the outputs go through their own staging area, copied out by the producer's
 //     other three warps while the consumers start the next item. The host takes it up to 2048 keys
-//     (4096 at DP = 64 under a causal mask), where a CTA's fixed costs are a large share
-//     (BENCHMARKS.md, session 10).
+//     at DP = 128 and 1024 at DP = 64 (16-bit outputs), where a CTA's fixed costs are a large share
+//     (BENCHMARKS.md, sessions 10 and 11).
 //   trio (`_trio`, DP = 64 only): the pair with three consumer warpgroups, 192 query rows, 160
 //     registers per consumer, which therefore run each tile's products in order (F::PIPE below).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
@@ -73,7 +74,7 @@ struct WgForm {
     static constexpr int CONSUMERS = NC;
     static constexpr bool PRODUCER = NC > 1;
     static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
-    static constexpr int Q_TILE = 64 * NC;  // query rows per CTA; divides Q_SMOOTH_BLOCK
+    static constexpr int Q_TILE = 64 * NC;  // query rows per CTA (the pair's and solo's divide Q_SMOOTH_BLOCK)
     // K/V ring depth: the solo form's shared memory must leave room for a second CTA on the SM
     // (3 * 32 KiB + its Q tile at KVT = DP = 128).
     static constexpr int STAGES = NC > 1 ? 4 : 3;

@@ -218,7 +218,7 @@ SAGE_DEVICE void tile_group_amax(const float (&x)[RowLayout<DP>::STEPS][8], int 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
 SAGE_DEVICE float quant_scale(float amax, int qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, (float)qmax); }
 // A channel's FP8 V scale (Step 7): amax / 448, and 1 where that is zero: amax == 0, or an f32 amax
-// below ~6e-43 whose quotient underflows (V / 0 would code every value as NaN or 448; with 1 the
+// below ~3e-43 (448 * 2^-150) whose quotient underflows (V / 0 would code every value as NaN or 448; with 1 the
 // channel's codes are 0, off by less than its amax).
 SAGE_DEVICE float v_scale(float amax) {
     const float s = __fdiv_rn(amax, E4M3_MAX);

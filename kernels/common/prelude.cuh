@@ -56,7 +56,7 @@ typedef long long i64;
 #define SAGE_WANT_F32 1
 #endif
 
-// Programmatic dependent launch (sm_90; ABI.md, "Launch order"): the host launches the quantization
+// Programmatic dependent launch (sm_90 and later; ABI.md, "Launch order"): the host launches the quantization
 // stage's kernels and the Hopper attention kernel so that each may be scheduled before the previous
 // kernel in the stream has finished (its launch and block placement then overlap that kernel's
 // tail). Every such kernel calls this before it touches global memory: it waits until the previous

@@ -272,7 +272,7 @@ const SOLO_MAX_KEYS: usize = 1024;
 /// where the trio takes over).
 const PERSIST_MAX_KEYS: usize = 2048;
 
-/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist]`: the Q tile(s), K
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist|_trio]`: the Q tile(s), K
 /// and V rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q
 /// tile), the persistent form's staged 16-bit outputs, and 1024 bytes for the kernel to align its
 /// base (ABI.md, `WgSmem` in attn_wgmma.cu).
@@ -327,7 +327,8 @@ pub struct CudaBackend {
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
     /// The quantization stage's kernels and the Hopper attention kernel launched as programmatic
-    /// dependents of the kernel before them (sm_90, unless `SAGE_CUDA_PDL=0`): each may be scheduled
+    /// dependents of the kernel before them (sm_90 and later, unless `SAGE_CUDA_PDL=0` or a
+    /// `SAGE_KERNEL_DIR` copy lacks the wait): each may be scheduled
     /// while that kernel ends, and waits for it in its first instruction (prelude.cuh,
     /// `grid_dependency_sync`).
     pdl: bool,
@@ -584,7 +585,8 @@ impl CudaBackend {
             q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
             pdl: cc.0 >= 9
                 && driver_version() >= 12_000
-                && std::env::var("SAGE_CUDA_PDL").map_or(true, |v| v != "0"),
+                && std::env::var("SAGE_CUDA_PDL").map_or(true, |v| v != "0")
+                && nvrtc::sources_wait_for_grid_dependency(),
             k_rows: std::env::var("SAGE_CUDA_K_ROWS").map_or(true, |v| v != "0"),
             v_cols: match std::env::var("SAGE_CUDA_V_COLS").as_deref() {
                 Ok("0") => None,
@@ -815,6 +817,10 @@ impl CudaBackend {
             attrs: &mut attr,
             numAttrs: 1,
         };
+        // the raw call needs the context current on this thread, as launch_builder makes it
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error(name, e))?;
         // SAFETY: `params` points at live values laid out as kernels/ABI.md states for `name` (the
         // same list launch_builder would pass), `f` belongs to this context, and `config` names this
         // backend's stream; the result is checked.

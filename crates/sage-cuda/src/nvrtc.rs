@@ -109,6 +109,18 @@ impl Module {
     }
 }
 
+/// Whether the quantization and Hopper kernels about to be compiled wait for the previous grid
+/// (`grid_dependency_sync`, prelude.cuh), which programmatic dependent launches require: always for
+/// the built-in sources; for a `SAGE_KERNEL_DIR` copy, only if its text has the wait (an older copy
+/// launched that way would race with the kernel before it).
+pub fn sources_wait_for_grid_dependency() -> bool {
+    [Module::Quant, Module::AttnWgmma].iter().all(|m| {
+        m.amalgamated().is_ok_and(|t| {
+            t.contains("griddepcontrol.wait") && t.contains("grid_dependency_sync();")
+        })
+    })
+}
+
 /// Architectures `sage kernels` and the backend compile for: the device's compute capability.
 pub fn arch_for(major: i32, minor: i32) -> String {
     match (major, minor) {
@@ -421,6 +433,25 @@ pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_in_sources_wait_for_the_previous_grid() {
+        // every entry of the two modules launched as programmatic dependents starts with the wait
+        if std::env::var_os("SAGE_KERNEL_DIR").is_some() {
+            return;
+        }
+        assert!(sources_wait_for_grid_dependency());
+        for m in [Module::Quant, Module::AttnWgmma] {
+            let text = m.source();
+            let entries = text.matches("__global__").count();
+            let waits = text.matches("grid_dependency_sync();").count();
+            assert!(
+                entries > 0 && waits == entries,
+                "{}: {entries} entries, {waits} waits",
+                m.file()
+            );
+        }
+    }
 
     #[test]
     fn ptxas_report_names_spills_and_serialized_wgmma_per_entry() {

@@ -5,7 +5,7 @@
 pub const E4M3_MAX: f32 = 448.0;
 
 /// A channel's FP8 V scale (ALGORITHM.md Step 7): `amax / 448`, and 1 where that is zero. "1 if
-/// zero" is read as applying to the scale: besides `amax == 0` it covers an f32 `amax` below ~6e-43,
+/// zero" is read as applying to the scale: besides `amax == 0` it covers an f32 `amax` below ~3e-43,
 /// whose quotient underflows to 0 (dividing V by 0 would code its values as NaN or +-448). With 1
 /// the channel's codes are 0, off by less than its `amax`.
 pub fn fp8_v_scale(amax: f32) -> f32 {
