@@ -45,11 +45,9 @@ fn memory_pool_keeps_freed_memory() {
     assert_eq!(threshold, u64::MAX);
 }
 
-/// The persistent Hopper form on two blocks, so that each crosses many work items whatever the
-/// problem size (the K/V ring's phases across items, the double-buffered Q tile and sv / vm, the
-/// staged outputs, smooth_q's buffers): the suite's end-to-end and options checks.
-#[test]
-fn hopper_persistent_form_across_items() {
+/// The suite's end-to-end and options checks with the Hopper kernel's CTA form pinned to `setting`
+/// (`SAGE_CUDA_WGMMA_CTA`'s values), whatever the form the host would choose; skipped off Hopper.
+fn suite_with_hopper_form(setting: &str) {
     let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
     else {
         return;
@@ -59,28 +57,23 @@ fn hopper_persistent_form_across_items() {
         return;
     }
     backend
-        .set_wgmma_cta("persist:2")
+        .set_wgmma_cta(setting)
         .unwrap_or_else(|e| panic!("{e}"));
     conformance::end_to_end(&backend);
     conformance::options(&backend);
 }
 
-/// The trio form (three consumer warpgroups of 64 rows, head dim 64; the pair elsewhere): the suite's
-/// end-to-end and options checks, whatever the form the host would choose. Its 192-row Q tiles run
-/// past a head's padded rows, its consumers start in different smooth_q blocks.
+/// The persistent Hopper form on two blocks, so that each crosses many work items whatever the
+/// problem size (the K/V ring's phases across items, the double-buffered Q tile and sv / vm, the
+/// staged outputs, smooth_q's buffers).
+#[test]
+fn hopper_persistent_form_across_items() {
+    suite_with_hopper_form("persist:2");
+}
+
+/// The trio form (three consumer warpgroups of 64 rows at head dim 64; the pair elsewhere): its
+/// 192-row Q tiles run past a head's padded rows, its consumers start in different smooth_q blocks.
 #[test]
 fn hopper_trio_form() {
-    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
-    else {
-        return;
-    };
-    if backend.arch() != "sm_90a" {
-        println!("skipped: {} has no Hopper kernel", backend.arch());
-        return;
-    }
-    backend
-        .set_wgmma_cta("trio")
-        .unwrap_or_else(|e| panic!("{e}"));
-    conformance::end_to_end(&backend);
-    conformance::options(&backend);
+    suite_with_hopper_form("trio");
 }
