@@ -543,6 +543,18 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // wgmma: C7514, an accumulator read inside a pipeline stage.)
         u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
         float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
+        // f = P V of tile jj from pf, issued and waited for, and its V slot handed back (the last tile
+        // of the pipelined forms; every tile of the trio's in-order consumers)
+        auto pv_waited = [&](int jj) {
+            const int sj = slot(jj);
+            mbar_wait(v_full(sj), phase(jj));
+            wgmma_fence();
+            pv_issue<DP, KVT>(f, pf, s_v + sj * L::V_BYTES);
+            wgmma_wait<0>();
+            reg_fence(f);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(v_empty(sj));
+        };
         float alpha_prev[2] = {1.0f, 1.0f};
         for (int j = 0; j < my_tiles; ++j) {
             const int s = slot(j);
@@ -636,13 +648,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             p_to_e4m3_a(sc, pf);
             if (!F::PIPE) {
                 // ---- pv of tile j, waited for ----
-                mbar_wait(v_full(s), parity);
-                wgmma_fence();
-                pv_issue<DP, KVT>(f, pf, s_v + s * L::V_BYTES);
-                wgmma_wait<0>();
-                reg_fence(f);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(v_empty(s));
+                pv_waited(j);
                 refill_v(j);
                 merge_block(o, f, alpha);
             }
@@ -653,14 +659,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             if (my_tiles > 0 && my_tiles < n_tiles) release_k(my_tiles);
         } else if (my_tiles > 0) {
             // ---- pv of the last tile ----
-            const int sp = slot(my_tiles - 1);
-            mbar_wait(v_full(sp), phase(my_tiles - 1));
-            wgmma_fence();
-            pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
-            wgmma_wait<0>();
-            reg_fence(f);
-            __syncwarp();
-            if (lane == 0) mbar_arrive(v_empty(sp));
+            pv_waited(my_tiles - 1);
             merge_block(o, f, alpha_prev);
             if (my_tiles < n_tiles) release_k(my_tiles);
         }

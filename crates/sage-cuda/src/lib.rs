@@ -207,6 +207,15 @@ impl WgmmaForm {
     fn bufs(self) -> usize {
         if self == WgmmaForm::Persist { 2 } else { 1 }
     }
+    /// The form that runs at padded head dim `dp`: the trio exists at 64 only (its consumers' 160
+    /// registers), the pair runs in its place elsewhere.
+    fn at_head_dim(self, dp: usize) -> WgmmaForm {
+        if self == WgmmaForm::Trio && dp != 64 {
+            WgmmaForm::Pair
+        } else {
+            self
+        }
+    }
     /// Consumer warpgroups per CTA.
     fn consumers(self) -> usize {
         self.rows() / 64
@@ -633,7 +642,7 @@ impl CudaBackend {
                 WgmmaForm::Persist,
                 WgmmaForm::Trio,
             ] {
-                if form == WgmmaForm::Trio && dp != 64 {
+                if form.at_head_dim(dp) != form {
                     continue;
                 }
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
@@ -1020,12 +1029,7 @@ impl CudaBackend {
                 let out16 = p.dtype != DType::F32;
                 (auto_form(dp, p.seq_k, out16), None)
             });
-        // the trio exists at head dim 64 only (its consumers' 160 registers)
-        let form = if form == WgmmaForm::Trio && dp != 64 {
-            WgmmaForm::Pair
-        } else {
-            form
-        };
+        let form = form.at_head_dim(dp);
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,

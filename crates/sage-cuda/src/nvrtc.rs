@@ -114,6 +114,10 @@ impl Module {
 /// the built-in sources; for a `SAGE_KERNEL_DIR` copy, only if its text has the wait (an older copy
 /// launched that way would race with the kernel before it).
 pub fn sources_wait_for_grid_dependency() -> bool {
+    // the built-in sources do (a unit test counts one wait per entry): nothing to read at start-up
+    if std::env::var_os("SAGE_KERNEL_DIR").is_none() {
+        return true;
+    }
     [Module::Quant, Module::AttnWgmma].iter().all(|m| {
         m.amalgamated().is_ok_and(|t| {
             t.contains("griddepcontrol.wait") && t.contains("grid_dependency_sync();")
@@ -440,9 +444,9 @@ mod tests {
         if std::env::var_os("SAGE_KERNEL_DIR").is_some() {
             return;
         }
-        assert!(sources_wait_for_grid_dependency());
         for m in [Module::Quant, Module::AttnWgmma] {
             let text = m.source();
+            assert!(text.contains("grid_dependency_sync();"), "{}", m.file());
             let entries = text.matches("__global__").count();
             let waits = text.matches("grid_dependency_sync();").count();
             assert!(
