@@ -3,7 +3,7 @@
 // kernel's (the same scale groups, folds and two-level accumulation) with kv_block = KVT, the KV tile:
 // 128 (this backend's default for int8-fp8 on Hopper) or 64 (the mma.sync kernels' value).
 //
-// Four CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
+// Five CTA forms (ABI.md, "Hopper kernel"), the same per-tile code:
 //   pair (entries without suffix): three warpgroups, 128 query rows of one (batch, query head), one CTA
 //     per SM. Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of the Q tile
 //     and of K_j, V_j for every KV tile j into a ring of STAGES slots; each copy completes on its slot's
@@ -15,15 +15,17 @@
 //     tiles (BENCHMARKS.md, session 7), and slower there than the persistent form (session 10): the
 //     host takes it only for f32 outputs at DP = 64 up to 1024 keys (the persistent form stages
 //     16-bit outputs only).
-//   persistent (`_persist`): the pair with one CTA per SM looping over work items (a round of gridDim.x
-//     items at a time, walked in alternate directions). The ring runs on across items; the Q tile and
-//     sv / vm are double-buffered, so the producer loads item n + 1's while item n's last tiles and
-//     epilogue run; the outputs go through their own staging area, copied out by the producer's
-//     other three warps while the consumers start the next item. The host takes it up to 2048 keys
-//     at DP = 128 and 1024 at DP = 64 (16-bit outputs), where a CTA's fixed costs are a large share
-//     (BENCHMARKS.md, sessions 10 and 11).
-//   trio (`_trio`, DP = 64 only): the pair with three consumer warpgroups, 192 query rows, 160
-//     registers per consumer, which therefore run each tile's products in order (F::PIPE below).
+//   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
+//     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
+//     P V in two halves of 64 channels (F::PV_SPLIT). Three consumer warps per scheduler instead of
+//     two: ahead of the pair at every length measured (sessions 11 and 12).
+//   persistent (`_persist`, `_trio_persist`): the pair or the trio with one CTA per SM looping over
+//     work items (a round of gridDim.x items at a time, walked in alternate directions). The ring runs
+//     on across items; the Q tile and sv / vm are double-buffered, so the producer loads item n + 1's
+//     while item n's last tiles and epilogue run; the outputs go through their own staging area,
+//     copied out by the producer's other three warps while the consumers start the next item. Ahead
+//     where a CTA's fixed costs are a large share, up to 2048 keys (BENCHMARKS.md, sessions 10-12).
+//   The host's choice per shape: sage-cuda's `auto_form`.
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
@@ -64,20 +66,21 @@
 #define WG_BAR_EPI 4  // every consumer past its last P V: the ring can hold the outputs
 
 // The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo, 3 = trio
-// (the pair's layout with a third consumer, DP = 64 only: 160 registers each). PERSIST
-// (pair only): one CTA per SM that loops over work items, so the next item's Q tile, sv / vm and first
-// K/V tiles load while the current one ends, and the producer's other warps copy the staged outputs
-// out while the consumers start the next item.
+// (the pair's layout with a third consumer: 160 registers each). PERSIST (pair and trio): one CTA per
+// SM that loops over work items, so the next item's Q tile, sv / vm and first K/V tiles load while the
+// current one ends, and the producer's other warps copy the staged outputs out while the consumers
+// start the next item.
 template <int NC, bool PERSIST = false>
 struct WgForm {
-    static_assert(!PERSIST || NC > 1, "the persistent form is the pair's");
+    static_assert(!PERSIST || NC > 1, "a persistent form has a producer warpgroup");
     static constexpr int CONSUMERS = NC;
     static constexpr bool PRODUCER = NC > 1;
     static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
     static constexpr int Q_TILE = 64 * NC;  // query rows per CTA (the pair's and solo's divide Q_SMOOTH_BLOCK)
     // K/V ring depth: the solo form's shared memory must leave room for a second CTA on the SM
-    // (3 * 32 KiB + its Q tile at KVT = DP = 128).
-    static constexpr int STAGES = NC > 1 ? 4 : 3;
+    // (3 * 32 KiB + its Q tile at KVT = DP = 128), the persistent trio's for two 192-row Q tiles and
+    // its staged outputs (4 * 32 KiB + 2 * 24 KiB + 48 KiB > 227 KiB at KVT = DP = 128).
+    static constexpr int STAGES = NC > 1 && !(PERSIST && NC > 2) ? 4 : 3;
     static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
     // consumer registers after setmaxnreg: 128 * 24 + NC * 128 * REGS <= 64K
     static constexpr int CONSUMER_REGS = NC > 2 ? 160 : WG_CONSUMER_REGS;
@@ -87,6 +90,10 @@ struct WgForm {
     // (three consumer warps per scheduler instead of two: at DP = 64 the softmax, not the tensor
     // cores, bounds the pair).
     static constexpr bool PIPE = NC < 3;
+    // The trio at DP = 128 cannot hold acc and a block's P V accumulator (64 registers each) and S at
+    // once either: its P V runs in two products of 64 channels, each merged into acc before the next
+    // (the same sums: channels are independent), so that accumulator is 32 registers.
+    static constexpr bool PV_SPLIT = NC > 2;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
 };
@@ -145,13 +152,15 @@ SAGE_DEVICE void wgmma_scores(int (&d)[KVT / 2], u64 a_desc, u64 b_desc, int acc
         wgmma_s8_m64n64k32(d, a_desc, b_desc, accumulate);
 }
 
-// f = P V for one KV block (issued, not waited for): KVT/32 k-steps of 32 keys, a fresh accumulator.
-template <int DP, int KVT>
-SAGE_DEVICE void pv_issue(float (&f)[DP / 2], const u32 (&pf)[KVT / 32][4], u32 v_tile) {
-    const u64 v_desc = smem_desc(v_tile, 8 * KVT, swizzle_mode(KVT));
+// f = P V for one KV block and NCH of its channels from channel c0 (issued, not waited for): KVT/32
+// k-steps of 32 keys, a fresh accumulator. V^T's rows are channels, so channel c0 starts c0 * KVT bytes
+// into the tile (a whole number of 8-row swizzle atoms for c0 = 64).
+template <int NCH, int KVT>
+SAGE_DEVICE void pv_issue(float (&f)[NCH / 2], const u32 (&pf)[KVT / 32][4], u32 v_tile, int c0) {
+    const u64 v_desc = smem_desc(v_tile + (u32)(c0 * KVT), 8 * KVT, swizzle_mode(KVT));
 #pragma unroll
     for (int ks = 0; ks < KVT / 32; ++ks) {
-        if constexpr (DP == 128)
+        if constexpr (NCH == 128)
             wgmma_e4m3_m64n128k32(f, pf[ks], v_desc + 2 * ks, ks);
         else
             wgmma_e4m3_m64n64k32(f, pf[ks], v_desc + 2 * ks, ks);
@@ -267,6 +276,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
+    constexpr int PV_CH = F::PV_SPLIT && DP == 128 ? 64 : DP;  // channels of one P V product
     typedef typename OUT::T OutT;
     constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
     // whether the consumers' output rows fit where the form stages them (the trio's f32 rows at KVT = 64
@@ -542,18 +552,25 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
         // wgmma: C7514, an accumulator read inside a pipeline stage.)
         u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
-        float f[CT * 4];    // P_{j-1} V_{j-1}: the KV block's own accumulator
-        // f = P V of tile jj from pf, issued and waited for, and its V slot handed back (the last tile
-        // of the pipelined forms; every tile of the trio's in-order consumers)
-        auto pv_waited = [&](int jj) {
+        float f[PV_CH / 2]; // P_{j-1} V_{j-1} (of PV_CH channels): the KV block's own accumulator
+        // P V of tile jj from pf, issued and waited for PV_CH channels at a time, its V slot handed back
+        // and each part merged into acc with `alpha` (the last tile of the pipelined forms; every tile of
+        // the trio's in-order consumers)
+        auto pv_waited = [&](int jj, const float (&alpha)[2]) {
             const int sj = slot(jj);
             mbar_wait(v_full(sj), phase(jj));
-            wgmma_fence();
-            pv_issue<DP, KVT>(f, pf, s_v + sj * L::V_BYTES);
-            wgmma_wait<0>();
-            reg_fence(f);
-            __syncwarp();
-            if (lane == 0) mbar_arrive(v_empty(sj));
+#pragma unroll
+            for (int c0 = 0; c0 < DP; c0 += PV_CH) {
+                wgmma_fence();
+                pv_issue<PV_CH, KVT>(f, pf, s_v + sj * L::V_BYTES, c0);
+                wgmma_wait<0>();
+                reg_fence(f);
+                if (c0 + PV_CH == DP) {
+                    __syncwarp();
+                    if (lane == 0) mbar_arrive(v_empty(sj));
+                }
+                merge_block(reinterpret_cast<float(&)[PV_CH / 2]>(o[c0 / 2]), f, alpha);
+            }
         };
         float alpha_prev[2] = {1.0f, 1.0f};
         for (int j = 0; j < my_tiles; ++j) {
@@ -594,12 +611,12 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             }
             // Each wait sits in the branch of the wgmma it waits for: ptxas serializes every wgmma (C7514)
             // when it cannot pair them.
-            if (!F::PIPE) {
+            if constexpr (!F::PIPE) {
                 wgmma_wait<0>();
             } else if (j > 0) {
                 // ---- pv of tile j-1 (issued) ----
                 mbar_wait(v_full(sp), parity_p);
-                pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES);
+                pv_issue<DP, KVT>(f, pf, s_v + sp * L::V_BYTES, 0);
                 wgmma_wait<1>();  // S_j is done (groups complete in order)
             } else {
                 wgmma_wait<0>();
@@ -637,20 +654,21 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 sm.update(sc, alpha);
             }
 
-            if (F::PIPE && j > 0) {
-                wgmma_wait<0>();
-                reg_fence(f);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(v_empty(sp));
-                refill_v(j - 1);
-                merge_block(o, f, alpha_prev);
+            if constexpr (F::PIPE) {
+                if (j > 0) {
+                    wgmma_wait<0>();
+                    reg_fence(f);
+                    __syncwarp();
+                    if (lane == 0) mbar_arrive(v_empty(sp));
+                    refill_v(j - 1);
+                    merge_block(o, f, alpha_prev);
+                }
             }
             p_to_e4m3_a(sc, pf);
             if (!F::PIPE) {
                 // ---- pv of tile j, waited for ----
-                pv_waited(j);
+                pv_waited(j, alpha);
                 refill_v(j);
-                merge_block(o, f, alpha);
             }
             alpha_prev[0] = alpha[0];
             alpha_prev[1] = alpha[1];
@@ -659,8 +677,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             if (my_tiles > 0 && my_tiles < n_tiles) release_k(my_tiles);
         } else if (my_tiles > 0) {
             // ---- pv of the last tile ----
-            pv_waited(my_tiles - 1);
-            merge_block(o, f, alpha_prev);
+            pv_waited(my_tiles - 1, alpha_prev);
             if (my_tiles < n_tiles) release_k(my_tiles);
         }
         // Past this warpgroup's last visible key (pair form: causal, or rows past Nq): nothing to compute,
@@ -711,8 +728,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist], and _hd64_..._trio: sm_90a
-// only; 384 threads (pair, `_persist`), 128 (`_solo`) or 512 (`_trio`), dynamic shared memory
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist|_trio]: sm_90a only; 384
+// threads (pair, `_persist`), 128 (`_solo`) or 512 (`_trio`), dynamic shared memory
 // WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024, grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1), or at most that
 // many for `_persist` (one per SM), Q_TILE = 128 (pair, `_persist`), 64 (`_solo`) or 192 (`_trio`).
 // Parameters: ABI.md ("Hopper kernel").
@@ -728,16 +745,16 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                                      o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
                                      granularity, causal, sm_scale);                                          \
     }
-#define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)         \
-    SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, false, OUT)     \
-    SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, false, OUT) \
-    SAGE_WGMMA_ENTRY(NAME##_persist, DP, KVT, 2, true, OUT)
-#define SAGE_WGMMA_SHAPES(DT, OUT)                                                    \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)                \
-    SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_kv64_hd64_##DT##_trio, 64, 64, 3, false, OUT) \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT)              \
-    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT)              \
-    SAGE_WGMMA_ENTRY(attn_int8_fp8_wgmma_kv128_hd64_##DT##_trio, 64, 128, 3, false, OUT) \
+#define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)                \
+    SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, false, OUT)          \
+    SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, false, OUT)   \
+    SAGE_WGMMA_ENTRY(NAME##_persist, DP, KVT, 2, true, OUT) \
+    SAGE_WGMMA_ENTRY(NAME##_trio, DP, KVT, 3, false, OUT)   \
+    SAGE_WGMMA_ENTRY(NAME##_trio_persist, DP, KVT, 3, true, OUT)
+#define SAGE_WGMMA_SHAPES(DT, OUT)                                   \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd64_##DT, 64, 64, OUT)   \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
+    SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
 #ifdef SAGE_WANT_F16

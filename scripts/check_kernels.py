@@ -86,8 +86,8 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
             for kv in (64, 128)
             for d in HEAD_DIMS
             for dt in dtypes
-            for p in ("", "_solo", "_persist")
-        } | {f"attn_int8_fp8_wgmma_kv{kv}_hd64_{dt}_trio" for kv in (64, 128) for dt in dtypes}
+            for p in ("", "_solo", "_persist", "_trio", "_trio_persist")
+        }
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check

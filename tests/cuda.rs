@@ -71,9 +71,16 @@ fn hopper_persistent_form_across_items() {
     suite_with_hopper_form("persist:2");
 }
 
-/// The trio form (three consumer warpgroups of 64 rows at head dim 64; the pair elsewhere): its
-/// 192-row Q tiles run past a head's padded rows, its consumers start in different smooth_q blocks.
+/// The trio form (three consumer warpgroups of 64 rows; at head dim 128 a block's P V in two halves):
+/// its 192-row Q tiles run past a head's padded rows, its consumers start in different smooth_q blocks.
 #[test]
 fn hopper_trio_form() {
     suite_with_hopper_form("trio");
+}
+
+/// The persistent trio on two blocks: the trio's 192-row items (Q tiles past a head's rows, three
+/// consumers' staged outputs) with the persistent form's ring and buffers crossing items.
+#[test]
+fn hopper_persistent_trio_across_items() {
+    suite_with_hopper_form("trio-persist:2");
 }

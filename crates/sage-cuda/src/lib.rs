@@ -160,16 +160,18 @@ unsafe impl DeviceRepr for TensorMap {}
 
 /// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
-/// its own copies, two CTAs per multiprocessor; `Persist` the pair with one CTA per multiprocessor
+/// its own copies, two CTAs per multiprocessor; `Trio` the pair with a third consumer warpgroup (160
+/// registers per consumer, each running its products in order; at head dim 128 its P V in two halves
+/// of 64 channels); `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor
 /// looping over work items, so that the next item's loads and the last item's output copies overlap
-/// the consumers' work; `Trio` the pair with a third consumer warpgroup (head dim 64 only; 160
-/// registers per consumer, each running its products in order).
+/// the consumers' work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
     Solo,
     Persist,
     Trio,
+    TrioPersist,
 }
 
 impl WgmmaForm {
@@ -178,21 +180,21 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 128,
             WgmmaForm::Solo => 64,
-            WgmmaForm::Trio => 192,
+            WgmmaForm::Trio | WgmmaForm::TrioPersist => 192,
         }
     }
     /// K/V ring depth (`WgForm::STAGES`).
     fn stages(self) -> usize {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist | WgmmaForm::Trio => 4,
-            WgmmaForm::Solo => 3,
+            WgmmaForm::Solo | WgmmaForm::TrioPersist => 3,
         }
     }
     fn threads(self) -> u32 {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 384,
             WgmmaForm::Solo => 128,
-            WgmmaForm::Trio => 512,
+            WgmmaForm::Trio | WgmmaForm::TrioPersist => 512,
         }
     }
     fn suffix(self) -> &'static str {
@@ -201,20 +203,16 @@ impl WgmmaForm {
             WgmmaForm::Solo => "_solo",
             WgmmaForm::Persist => "_persist",
             WgmmaForm::Trio => "_trio",
+            WgmmaForm::TrioPersist => "_trio_persist",
         }
+    }
+    /// Whether its CTAs loop over work items (one per multiprocessor).
+    fn persistent(self) -> bool {
+        matches!(self, WgmmaForm::Persist | WgmmaForm::TrioPersist)
     }
     /// Q tile and sv / vm buffers (`WgForm::BUFS`).
     fn bufs(self) -> usize {
-        if self == WgmmaForm::Persist { 2 } else { 1 }
-    }
-    /// The form that runs at padded head dim `dp`: the trio exists at 64 only (its consumers' 160
-    /// registers), the pair runs in its place elsewhere.
-    fn at_head_dim(self, dp: usize) -> WgmmaForm {
-        if self == WgmmaForm::Trio && dp != 64 {
-            WgmmaForm::Pair
-        } else {
-            self
-        }
+        if self.persistent() { 2 } else { 1 }
     }
     /// Consumer warpgroups per CTA.
     fn consumers(self) -> usize {
@@ -222,72 +220,84 @@ impl WgmmaForm {
     }
 }
 
-/// What `SAGE_CUDA_WGMMA_CTA` asks for: a form, and for the persistent form a cap on its CTAs.
+/// What `SAGE_CUDA_WGMMA_CTA` asks for: a form, and for a persistent form a cap on its CTAs.
 type FormSetting = Option<(WgmmaForm, Option<usize>)>;
 
-/// Parses `SAGE_CUDA_WGMMA_CTA`: `pair`, `solo`, `persist`, `persist:<CTAs>` (at most that many CTAs,
-/// so that each crosses many items: a test setting), `trio` (the pair at head dims other than 64),
-/// or unset / `auto` (`None`: chosen per shape by [`auto_form`]).
+/// Parses `SAGE_CUDA_WGMMA_CTA`: `pair`, `solo`, `trio`, `persist`, `trio-persist`, a persistent form
+/// with `:<CTAs>` (at most that many CTAs, so that each crosses many items: a test setting), or unset /
+/// `auto` (`None`: chosen per shape by [`auto_form`]).
 fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, String> {
-    match value {
-        None | Some("auto") => Ok(None),
-        Some("pair") => Ok(Some((WgmmaForm::Pair, None))),
-        Some("solo") => Ok(Some((WgmmaForm::Solo, None))),
-        Some("persist") => Ok(Some((WgmmaForm::Persist, None))),
-        Some("trio") => Ok(Some((WgmmaForm::Trio, None))),
-        Some(v) => match v.strip_prefix("persist:").map(str::parse::<usize>) {
-            Some(Ok(n)) if n > 0 => Ok(Some((WgmmaForm::Persist, Some(n)))),
-            _ => Err(format!(
-                "`{v}` is not auto, pair, solo, trio, persist or persist:<CTAs>"
-            )),
+    let v = match value {
+        None | Some("auto") => return Ok(None),
+        Some(v) => v,
+    };
+    let bad = || {
+        format!(
+            "`{v}` is not auto, pair, solo, trio, persist, trio-persist or a persistent form with \
+             :<CTAs>"
+        )
+    };
+    let (name, cap) = match v.split_once(':') {
+        Some((name, n)) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => (name, Some(n)),
+            _ => return Err(bad()),
         },
+        None => (v, None),
+    };
+    let form = match name {
+        "pair" => WgmmaForm::Pair,
+        "solo" => WgmmaForm::Solo,
+        "trio" => WgmmaForm::Trio,
+        "persist" => WgmmaForm::Persist,
+        "trio-persist" => WgmmaForm::TrioPersist,
+        _ => return Err(bad()),
+    };
+    if cap.is_some() && !form.persistent() {
+        return Err(bad());
     }
+    Ok(Some((form, cap)))
 }
 
 /// The form for head dim `dp` (padded) and `seq_k` keys. Measured on an H200, kernel only in one call
-/// (BENCHMARKS.md, sessions 10 and 11, kv_block 128): at D = 64 the trio is ahead from 2048 keys on,
-/// causal or not (+7 to +16 % against the persistent form at 2048 and 4096 keys, +13 % against the
-/// pair at 16384), level with the persistent form at 1024. At D = 128, or with fewer keys, the
-/// persistent form is faster with few keys per item: at 1024 keys +10 % (D = 128) and +8 % (D = 64,
-/// against solo), at 2048 (D = 128) +3 %; from 4096 keys on the pair (its fixed costs are a small
-/// share there and the persistent loop costs registers and balance). Not measured at kv_block 64
-/// (the same thresholds are applied). With f32 outputs, which the persistent form stores lane by lane
-/// rather than staged (never measured there), D = 64 with at most 1024 keys keeps session 7's solo
-/// (5-7 % ahead of the pair there); the trio's gain is in the KV loop, which f32 outputs share, so it
-/// takes them above 1024 keys too (not measured with f32).
+/// (BENCHMARKS.md, sessions 10-12, kv_block 128): the trio is ahead of the pair at every length
+/// measured (D = 64 from 2048 keys: +13 % at 16384; D = 128: +7 to +8.5 % at 1024, 4096 and 16384,
+/// causal or not). With few keys per item the persistent forms' overlap of one item's end with the
+/// next one's start is worth more: at 2048 keys the persistent trio is ahead of the trio (+6 % at
+/// D = 64, +4 % at D = 128) and of the persistent pair (+13 %, +8 %); at 1024 keys it is ahead of the
+/// persistent pair at D = 64 (+4 %, -2 % causal) and level with it at D = 128 (-7 % causal). Not
+/// measured at kv_block 64 (the same thresholds are applied). With f32 outputs, which the persistent
+/// forms store lane by lane rather than staged (never measured there), D = 64 with at most 1024 keys
+/// keeps session 7's solo (5-7 % ahead of the pair there); elsewhere the trio, whose gain is in the KV
+/// loop that f32 outputs share (not measured with f32).
 fn auto_form(dp: usize, seq_k: usize, out16: bool) -> WgmmaForm {
-    if dp == 64 && seq_k > TRIO_MIN_KEYS {
-        WgmmaForm::Trio
-    } else if !out16 {
-        if dp == 64 && seq_k <= SOLO_MAX_KEYS {
-            WgmmaForm::Solo
-        } else {
-            WgmmaForm::Pair
-        }
-    } else if seq_k <= PERSIST_MAX_KEYS {
+    if out16 && dp > 64 && seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
+    } else if out16 && seq_k <= TRIO_PERSIST_MAX_KEYS {
+        WgmmaForm::TrioPersist
+    } else if !out16 && dp == 64 && seq_k <= SOLO_MAX_KEYS {
+        WgmmaForm::Solo
     } else {
-        WgmmaForm::Pair
+        WgmmaForm::Trio
     }
 }
 
-/// At D = 64, [`auto_form`] takes the trio above this many keys.
-const TRIO_MIN_KEYS: usize = 1024;
+/// The longest key sequence that [`auto_form`] gives the persistent pair (16-bit outputs, D = 128).
+const PERSIST_MAX_KEYS: usize = 1024;
 
-/// The longest key sequence that [`auto_form`] gives the solo form (f32 outputs).
+/// The longest key sequence that [`auto_form`] gives the persistent trio (16-bit outputs; above
+/// [`PERSIST_MAX_KEYS`] at D = 128).
+const TRIO_PERSIST_MAX_KEYS: usize = 2048;
+
+/// The longest key sequence that [`auto_form`] gives the solo form (f32 outputs, D = 64).
 const SOLO_MAX_KEYS: usize = 1024;
 
-/// The longest key sequence that [`auto_form`] gives the persistent form (at D = 128; 1024 at D = 64,
-/// where the trio takes over).
-const PERSIST_MAX_KEYS: usize = 2048;
-
-/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp>[_solo|_persist|_trio]`: the Q tile(s), K
-/// and V rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q
-/// tile), the persistent form's staged 16-bit outputs, and 1024 bytes for the kernel to align its
-/// base (ABI.md, `WgSmem` in attn_wgmma.cu).
+/// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp><form suffix>`: the Q tile(s), K and V
+/// rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q tile),
+/// the persistent forms' staged 16-bit outputs, and 1024 bytes for the kernel to align its base
+/// (ABI.md, `WgSmem` in attn_wgmma.cu).
 fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
     let (stages, nc, bufs) = (form.stages(), form.consumers(), form.bufs());
-    let persist = form == WgmmaForm::Persist;
+    let persist = form.persistent();
     bufs * form.rows() * dp
         + stages * 2 * kvt * dp
         + 8 * (if persist { 8 } else { 2 } + 4 * stages)
@@ -609,7 +619,7 @@ impl CudaBackend {
     }
 
     /// Pins the Hopper kernel's CTA form as `SAGE_CUDA_WGMMA_CTA` would (`auto`, `pair`, `solo`,
-    /// `trio`, `persist`, `persist:<CTAs>`), for tests that must cover a form whatever the environment says.
+    /// `trio`, `persist`, `trio-persist`, `persist:<CTAs>`, `trio-persist:<CTAs>`), for tests that must cover a form whatever the environment says.
     pub fn set_wgmma_cta(&mut self, setting: &str) -> Result<()> {
         let form = wgmma_form_setting(Some(setting))
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?;
@@ -641,10 +651,8 @@ impl CudaBackend {
                 WgmmaForm::Solo,
                 WgmmaForm::Persist,
                 WgmmaForm::Trio,
+                WgmmaForm::TrioPersist,
             ] {
-                if form.at_head_dim(dp) != form {
-                    continue;
-                }
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
                 let smem = wgmma_smem_bytes(dp, kvt, form);
                 // set up as launch_with does, so the figure is the one launches get
@@ -1029,7 +1037,6 @@ impl CudaBackend {
                 let out16 = p.dtype != DType::F32;
                 (auto_form(dp, p.seq_k, out16), None)
             });
-        let form = form.at_head_dim(dp);
         let maps = [
             self.tensor_map(
                 &bufs.q_codes,
@@ -1065,9 +1072,9 @@ impl CudaBackend {
             form.suffix()
         );
         let items = p.seq_q.div_ceil(form.rows()) * hq * b;
-        // the persistent form: one CTA per multiprocessor (its shared memory allows no second), each
+        // the persistent forms: one CTA per multiprocessor (their shared memory allows no second), each
         // taking one item per round of `ctas` (attn_wgmma.cu, item_of)
-        let ctas = if form == WgmmaForm::Persist {
+        let ctas = if form.persistent() {
             items.min(cap.unwrap_or(self.sms))
         } else {
             items
@@ -1909,48 +1916,66 @@ mod tests {
     }
 
     #[test]
-    fn auto_form_takes_persist_for_few_keys_and_the_trio_at_d64() {
+    fn auto_form_takes_a_persistent_form_for_few_keys_and_the_trio_above() {
         for dp in [64, 128] {
-            assert_eq!(auto_form(dp, 1, true), WgmmaForm::Persist);
-            assert_eq!(auto_form(dp, TRIO_MIN_KEYS, true), WgmmaForm::Persist);
+            assert_eq!(
+                auto_form(dp, TRIO_PERSIST_MAX_KEYS, true),
+                WgmmaForm::TrioPersist
+            );
+            assert_eq!(
+                auto_form(dp, TRIO_PERSIST_MAX_KEYS + 1, true),
+                WgmmaForm::Trio
+            );
+            for out16 in [true, false] {
+                assert_eq!(auto_form(dp, 16384, out16), WgmmaForm::Trio);
+            }
         }
+        // D 128: the persistent pair up to 1024 keys
+        assert_eq!(auto_form(128, 1, true), WgmmaForm::Persist);
         assert_eq!(auto_form(128, PERSIST_MAX_KEYS, true), WgmmaForm::Persist);
-        assert_eq!(auto_form(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::Pair);
-        assert_eq!(auto_form(128, 16384, true), WgmmaForm::Pair);
-        for out16 in [true, false] {
-            assert_eq!(auto_form(64, TRIO_MIN_KEYS + 1, out16), WgmmaForm::Trio);
-            assert_eq!(auto_form(64, 16384, out16), WgmmaForm::Trio);
-        }
-        // f32 outputs below the trio: session 7's choice
-        assert_eq!(auto_form(64, 1024, false), WgmmaForm::Solo);
-        assert_eq!(auto_form(128, 1024, false), WgmmaForm::Pair);
+        assert_eq!(
+            auto_form(128, PERSIST_MAX_KEYS + 1, true),
+            WgmmaForm::TrioPersist
+        );
+        assert_eq!(auto_form(64, 1, true), WgmmaForm::TrioPersist);
+        // f32 outputs: session 7's solo at D 64 with few keys, else the trio
+        assert_eq!(auto_form(64, SOLO_MAX_KEYS, false), WgmmaForm::Solo);
+        assert_eq!(auto_form(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
+        assert_eq!(auto_form(128, 1024, false), WgmmaForm::Trio);
     }
 
     #[test]
     fn wgmma_form_setting_parses_or_says_why() {
         assert_eq!(wgmma_form_setting(None), Ok(None));
         assert_eq!(wgmma_form_setting(Some("auto")), Ok(None));
-        assert_eq!(
-            wgmma_form_setting(Some("pair")),
-            Ok(Some((WgmmaForm::Pair, None)))
-        );
-        assert_eq!(
-            wgmma_form_setting(Some("solo")),
-            Ok(Some((WgmmaForm::Solo, None)))
-        );
-        assert_eq!(
-            wgmma_form_setting(Some("persist")),
-            Ok(Some((WgmmaForm::Persist, None)))
-        );
-        assert_eq!(
-            wgmma_form_setting(Some("persist:3")),
-            Ok(Some((WgmmaForm::Persist, Some(3))))
-        );
-        assert_eq!(
-            wgmma_form_setting(Some("trio")),
-            Ok(Some((WgmmaForm::Trio, None)))
-        );
-        for bad in ["on", "2", "Solo", "", "persist:", "persist:0", "persist:x"] {
+        for (value, form, cap) in [
+            ("pair", WgmmaForm::Pair, None),
+            ("solo", WgmmaForm::Solo, None),
+            ("trio", WgmmaForm::Trio, None),
+            ("persist", WgmmaForm::Persist, None),
+            ("persist:3", WgmmaForm::Persist, Some(3)),
+            ("trio-persist", WgmmaForm::TrioPersist, None),
+            ("trio-persist:2", WgmmaForm::TrioPersist, Some(2)),
+        ] {
+            assert_eq!(
+                wgmma_form_setting(Some(value)),
+                Ok(Some((form, cap))),
+                "{value}"
+            );
+        }
+        for bad in [
+            "on",
+            "2",
+            "Solo",
+            "",
+            "persist:",
+            "persist:0",
+            "persist:x",
+            "trio:2",
+            "pair:1",
+            ":3",
+            "trio_persist",
+        ] {
             assert!(wgmma_form_setting(Some(bad)).is_err(), "{bad}");
         }
     }
@@ -1983,9 +2008,13 @@ mod tests {
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
             assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
             assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Persist) <= 227 * 1024);
+            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Trio) <= 227 * 1024);
+            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::TrioPersist) <= 227 * 1024);
             assert!(2 * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024);
         }
         assert_eq!(wgmma_smem_bytes(64, 128, WgmmaForm::Trio), 83_344);
+        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Trio), 162_448);
+        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::TrioPersist), 204_448);
     }
 
     #[test]
