@@ -158,6 +158,9 @@ struct TensorMap(sys::CUtensorMap);
 // it at launch.
 unsafe impl DeviceRepr for TensorMap {}
 
+/// A loaded module: the file, and for the attention modules the input dtype its entries are for.
+type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
+
 /// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
 /// its own copies, two CTAs per multiprocessor; `Trio` the pair with a third consumer warpgroup (160
@@ -326,7 +329,8 @@ pub struct CudaBackend {
     arch: String,
     cc: (i32, i32),
     device: String,
-    modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
+    /// Loaded modules; the attention modules one input dtype at a time (`nvrtc::entry_dtype`).
+    modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Fill outputs with NaN before each run, so an element no kernel writes fails the checks
     /// (`SAGE_CUDA_POISON=1`; always on in debug builds).
@@ -676,16 +680,17 @@ impl CudaBackend {
             return Ok(f);
         }
         let m = {
+            let key = (module, nvrtc::entry_dtype(module, name));
             let mut modules = self.modules.lock().map_err(|_| self.poisoned_lock())?;
-            match modules.get(&module) {
+            match modules.get(&key) {
                 Some(m) => m.clone(),
                 None => {
-                    let cubin = nvrtc::cubin(module, &self.arch)?;
+                    let cubin = nvrtc::cubin(module, &self.arch, key.1)?;
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                         .map_err(|e| driver_error(module.file(), e))?;
-                    modules.insert(module, m.clone());
+                    modules.insert(key, m.clone());
                     m
                 }
             }

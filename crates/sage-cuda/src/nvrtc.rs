@@ -405,12 +405,50 @@ pub fn cache_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".cache/sage/cuda"))
 }
 
-/// The CUBIN of `module` for `arch`, from the disk cache when an identical build is there.
-pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
+/// The input dtype whose entry points `name` belongs to, for the modules whose entries all carry
+/// one (the attention kernels: `..._f16`, `..._bf16`, `..._f32`, as a whole `_`-separated part of the
+/// name); `None` for quant.cu, which also has dtype-free entries.
+pub fn entry_dtype(module: Module, name: &str) -> Option<EntryDtype> {
+    if module == Module::Quant {
+        return None;
+    }
+    name.split('_').find_map(|part| match part {
+        "f16" => Some(EntryDtype::F16),
+        "bf16" => Some(EntryDtype::Bf16),
+        "f32" => Some(EntryDtype::F32),
+        _ => None,
+    })
+}
+
+/// One input dtype's entry points of a module (`-DSAGE_ONLY_<T>`, prelude.cuh): a third of the
+/// module's NVRTC time (attn_wgmma.cu's 60 entries take ~90 s on sm_90a), so a process compiles
+/// only the types it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryDtype {
+    F16,
+    Bf16,
+    F32,
+}
+
+impl EntryDtype {
+    fn define(self) -> &'static str {
+        match self {
+            EntryDtype::F16 => "-DSAGE_ONLY_F16",
+            EntryDtype::Bf16 => "-DSAGE_ONLY_BF16",
+            EntryDtype::F32 => "-DSAGE_ONLY_F32",
+        }
+    }
+}
+
+/// The CUBIN of `module` for `arch` (only `only`'s entry points when given), from the disk cache
+/// when an identical build is there.
+pub fn cubin(module: Module, arch: &str, only: Option<EntryDtype>) -> Result<Vec<u8>> {
     let (major, minor) = nvrtc_version()?;
+    let extra: Vec<&str> = only.map(EntryDtype::define).into_iter().collect();
     let mut hash = Sha256::new();
     hash.update(module.amalgamated()?.as_bytes());
     hash.update(options(arch).join(" ").as_bytes());
+    hash.update(extra.join(" ").as_bytes());
     hash.update(format!("nvrtc {major}.{minor}").as_bytes());
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let file =
@@ -420,7 +458,7 @@ pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
     {
         return Ok(bytes);
     }
-    let cubin = compile(module, arch)?;
+    let cubin = compile_logged(module, arch, &extra)?.0;
     if let Some(f) = &file {
         // A cache that cannot be written only costs the next process a compile.
         if let Some(dir) = f.parent() {
@@ -437,6 +475,45 @@ pub fn cubin(module: Module, arch: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_entries_name_their_dtype() {
+        let at = |m, n| entry_dtype(m, n);
+        assert_eq!(
+            at(
+                Module::AttnWgmma,
+                "attn_int8_fp8_wgmma_kv128_hd128_f16_trio_persist"
+            ),
+            Some(EntryDtype::F16)
+        );
+        assert_eq!(
+            at(Module::AttnWgmma, "attn_int8_fp8_wgmma_kv64_hd64_bf16"),
+            Some(EntryDtype::Bf16)
+        );
+        assert_eq!(
+            at(Module::AttnMma, "attn_int8_fp16_hd64_f32"),
+            Some(EntryDtype::F32)
+        );
+        assert_eq!(
+            at(Module::AttnExact, "attn_exact_hd128_bf16"),
+            Some(EntryDtype::Bf16)
+        );
+        // "fp16" is the P V type, not the input's
+        assert_eq!(at(Module::AttnMma, "attn_int8_fp16_hd64"), None);
+        // quant.cu compiles whole: kv_stats_finish and its kin have no dtype
+        assert_eq!(at(Module::Quant, "quantize_q_rows_f16"), None);
+        // every attention entry is under one SAGE_WANT_<T>, so one dtype's build has all of its own
+        for m in [Module::AttnMma, Module::AttnExact, Module::AttnWgmma] {
+            let text = m.source();
+            for t in ["F16", "BF16", "F32"] {
+                assert!(
+                    text.contains(&format!("#ifdef SAGE_WANT_{t}")),
+                    "{}",
+                    m.file()
+                );
+            }
+        }
+    }
 
     #[test]
     fn built_in_sources_wait_for_the_previous_grid() {
