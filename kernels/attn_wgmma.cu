@@ -79,7 +79,8 @@ struct WgForm {
     static constexpr int Q_TILE = 64 * NC;  // query rows per CTA (the pair's and solo's divide Q_SMOOTH_BLOCK)
     // K/V ring depth: the solo form's shared memory must leave room for a second CTA on the SM
     // (3 * 32 KiB + its Q tile at KVT = DP = 128), the persistent trio's for two 192-row Q tiles and
-    // its staged outputs (4 * 32 KiB + 2 * 24 KiB + 48 KiB > 227 KiB at KVT = DP = 128).
+    // its staged outputs (at KVT = DP = 128: 4 * 32 + 2 * 24 + 48 KiB, with the barriers, qm, dS,
+    // sv / vm and the alignment slack 237 248 bytes > 227 KiB).
     static constexpr int STAGES = NC > 1 && !(PERSIST && NC > 2) ? 4 : 3;
     static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
     // consumer registers after setmaxnreg: 128 * 24 + NC * 128 * REGS <= 64K
@@ -728,10 +729,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
-// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist|_trio]: sm_90a only; 384
-// threads (pair, `_persist`), 128 (`_solo`) or 512 (`_trio`), dynamic shared memory
-// WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024, grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1), or at most that
-// many for `_persist` (one per SM), Q_TILE = 128 (pair, `_persist`), 64 (`_solo`) or 192 (`_trio`).
+// attn_int8_fp8_wgmma_kv{64|128}_hd{64|128}_{f16|bf16|f32}[_solo|_persist|_trio|_trio_persist]: sm_90a
+// only; 384 threads (pair, `_persist`), 128 (`_solo`) or 512 (`_trio`, `_trio_persist`), dynamic
+// shared memory WgSmem<DP, KVT, NC, PERSIST>::BYTES + 1024, grid (ceil(Nq / Q_TILE) * Hq * B, 1, 1),
+// or at most that many for the persistent forms (one per SM), Q_TILE = 128 (pair, `_persist`), 64
+// (`_solo`) or 192 (`_trio`, `_trio_persist`).
 // Parameters: ABI.md ("Hopper kernel").
 #define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, PERSIST, OUT)                                                     \
     extern "C" __global__ void __launch_bounds__(WgForm<NC>::THREADS, WgForm<NC>::MIN_CTAS)                   \
