@@ -17,7 +17,7 @@
 //     16-bit outputs only).
 //   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
 //     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
-//     P V in two halves of 64 channels (F::PV_SPLIT). Three consumer warps per scheduler instead of
+//     P V in two halves of 64 channels (PV_CH). Three consumer warps per scheduler instead of
 //     two: ahead of the pair at every length measured (sessions 11 and 12).
 //   persistent (`_persist`, `_trio_persist`): the pair or the trio with one CTA per SM looping over
 //     work items (a round of gridDim.x items at a time, walked in alternate directions). The ring runs
@@ -91,10 +91,6 @@ struct WgForm {
     // (three consumer warps per scheduler instead of two: at DP = 64 the softmax, not the tensor
     // cores, bounds the pair).
     static constexpr bool PIPE = NC < 3;
-    // The trio at DP = 128 cannot hold acc and a block's P V accumulator (64 registers each) and S at
-    // once either: its P V runs in two products of 64 channels, each merged into acc before the next
-    // (the same sums: channels are independent), so that accumulator is 32 registers.
-    static constexpr bool PV_SPLIT = NC > 2;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
 };
@@ -277,7 +273,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
-    constexpr int PV_CH = F::PV_SPLIT && DP == 128 ? 64 : DP;  // channels of one P V product
+    // Channels of one P V product. The trio's consumers at DP = 128 cannot hold acc and a block's P V
+    // accumulator (64 registers each) beside S either: their P V runs as products of 64 channels, each
+    // merged into acc before the next (the same sums: channels are independent), so that accumulator
+    // is 32 registers.
+    constexpr int PV_CH = NC > 2 ? 64 : DP;
     typedef typename OUT::T OutT;
     constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
     // whether the consumers' output rows fit where the form stages them (the trio's f32 rows at KVT = 64

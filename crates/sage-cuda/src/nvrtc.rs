@@ -234,13 +234,9 @@ fn options(arch: &str) -> Vec<String> {
     ]
 }
 
-/// Compiles `module` for `arch` to a CUBIN with NVRTC, without the cache.
-pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
-    compile_logged(module, arch, &[]).map(|(cubin, _)| cubin)
-}
-
-/// Compiles `module` for `arch` as [`compile`] does, with ptxas's resource report: the CUBIN (the
-/// same bytes) and what ptxas said about each entry point ([`PtxasReport`]).
+/// Compiles `module` (every dtype's entry points) for `arch` to a CUBIN with NVRTC, without the
+/// cache, with ptxas's resource report: the CUBIN and what ptxas said about each entry point
+/// ([`PtxasReport`]).
 pub fn compile_with_report(module: Module, arch: &str) -> Result<(Vec<u8>, PtxasReport)> {
     compile_logged(module, arch, &["-Xptxas", "-v"])
         .map(|(cubin, log)| (cubin, PtxasReport::parse(&log)))
