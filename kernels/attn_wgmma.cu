@@ -10,11 +10,11 @@
 //     `full` mbarrier; a slot is refilled once every consumer warp has arrived on its `empty` barrier.
 //     It gives its registers away (setmaxnreg) to the consumers, warpgroups 1 and 2.
 //   solo (`_solo`): one consumer warpgroup of 64 rows whose first warp also issues the copies (a
-//     slot is refilled as soon as the four warps release it), two CTAs per SM at up to 255 registers.
-//     Its two CTAs per SM share nothing; measured faster than the pair only at DP = 64 with few KV
-//     tiles (BENCHMARKS.md, session 7), and slower there than the persistent form (session 10): the
-//     host takes it only for f32 outputs at DP = 64 up to 1024 keys (the persistent form stages
-//     16-bit outputs only).
+//     slot is refilled as soon as the four warps release it), three CTAs per SM (two at KVT = DP =
+//     128, by shared memory) at up to 168 registers, each running its products in order like the
+//     trio's consumers (at DP = 128 the P V in two halves). Its CTAs share nothing; ahead of the
+//     persistent trio at DP = 64 up to 1024 keys, under a causal mask most of all (BENCHMARKS.md,
+//     session 13), where the host takes it.
 //   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
 //     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
 //     P V in two halves of 64 channels (PV_CH). Three consumer warps per scheduler instead of
@@ -34,9 +34,9 @@
 //     pv:             P (e4m3, from registers, in the accumulator layout) times V_j^T by wgmma
 //                     m64nDPk32 e4m3 into a FRESH f32 accumulator, then acc = acc * alpha + that:
 //                     no tensor-core accumulator outlives one KV block (Step 6's two-level sum)
-//   Each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1} (not the trio's) and with
-//   the products of the other consumer warpgroups on the SM (the pair's partner, the trio's two
-//   others, or the other solo CTA).
+//   The pair's consumers overlap their softmax of tile j with their own P_{j-1} V_{j-1} (F::PIPE); every
+//   consumer overlaps with the products of the other consumer warpgroups on the SM (the pair's
+//   partner, the trio's two others, or the other solo CTAs).
 // Finally O = acc / (448 l) * sv (+ vm), and the log-sum-exp, as attn_mma.cu.
 //
 // Operands in shared memory are K-major, swizzled (common/hopper.cuh): Q and K_j rows are DP bytes of
@@ -77,20 +77,20 @@ struct WgForm {
     static constexpr bool PRODUCER = NC > 1;
     static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
     static constexpr int Q_TILE = 64 * NC;  // query rows per CTA (the pair's and solo's divide Q_SMOOTH_BLOCK)
-    // K/V ring depth: the solo form's shared memory must leave room for a second CTA on the SM
-    // (3 * 32 KiB + its Q tile at KVT = DP = 128), the persistent trio's for two 192-row Q tiles and
-    // its staged outputs (at KVT = DP = 128: 4 * 32 + 2 * 24 + 48 KiB, with the barriers, qm, dS,
-    // sv / vm and the alignment slack 237 248 bytes > 227 KiB).
+    // K/V ring depth: the solo form's shared memory must leave room for two more CTAs on the SM
+    // (one at KVT = DP = 128: 3 * 32 KiB and its Q tile), the persistent trio's for two 192-row Q
+    // tiles and its staged outputs (at KVT = DP = 128: 4 * 32 + 2 * 24 + 48 KiB, with the
+    // barriers, qm, dS, sv / vm and the alignment slack 237 248 bytes > 227 KiB).
     static constexpr int STAGES = NC > 1 && !(PERSIST && NC > 2) ? 4 : 3;
-    static constexpr int MIN_CTAS = NC > 1 ? 1 : 2;
+    static constexpr int MIN_CTAS = NC > 1 ? 1 : 3;
     // consumer registers after setmaxnreg: 128 * 24 + NC * 128 * REGS <= 64K
     static constexpr int CONSUMER_REGS = NC > 2 ? 160 : WG_CONSUMER_REGS;
     // PIPE: each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1}, so S_j, that
-    // product's accumulator and acc are live at once. The trio's consumers cannot hold both in 160
-    // registers: each runs S_j, the softmax and P_j V_j in order, and the three overlap one another
-    // (three consumer warps per scheduler instead of two: at DP = 64 the softmax, not the tensor
+    // product's accumulator and acc are live at once. The trio's consumers (160 registers) and the
+    // solo's (168, three CTAs per SM) cannot hold both: each runs S_j, the softmax and P_j V_j in
+    // order, and three warps per scheduler overlap one another (at DP = 64 the softmax, not the tensor
     // cores, bounds the pair).
-    static constexpr bool PIPE = NC < 3;
+    static constexpr bool PIPE = NC == 2;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
 };
@@ -273,11 +273,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
-    // Channels of one P V product. The trio's consumers at DP = 128 cannot hold acc and a block's P V
-    // accumulator (64 registers each) beside S either: their P V runs as products of 64 channels, each
-    // merged into acc before the next (the same sums: channels are independent), so that accumulator
-    // is 32 registers.
-    constexpr int PV_CH = NC > 2 ? 64 : DP;
+    // Channels of one P V product. The in-order consumers (trio, solo) at DP = 128 cannot hold acc and
+    // a block's P V accumulator (64 registers each) beside S either: their P V runs as products of 64
+    // channels, each merged into acc before the next (the same sums: channels are independent), so
+    // that accumulator is 32 registers.
+    constexpr int PV_CH = F::PIPE ? DP : 64;
     typedef typename OUT::T OutT;
     constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
     // whether the consumers' output rows fit where the form stages them (the trio's f32 rows at KVT = 64
@@ -556,7 +556,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         float f[PV_CH / 2]; // P_{j-1} V_{j-1} (of PV_CH channels): the KV block's own accumulator
         // P V of tile jj from pf, issued and waited for PV_CH channels at a time, its V slot handed back
         // and each part merged into acc with `alpha` (the last tile of the pipelined forms; every tile of
-        // the trio's in-order consumers)
+        // the in-order ones)
         auto pv_waited = [&](int jj, const float (&alpha)[2]) {
             const int sj = slot(jj);
             mbar_wait(v_full(sj), phase(jj));

@@ -47,9 +47,16 @@ enum Command {
         /// sm_80, sm_86, sm_89 or sm_90a (repeatable).
         #[arg(long, required = true)]
         arch: Vec<String>,
-        /// Write each CUBIN here (to ship, or to pre-warm the cache).
+        /// Write each CUBIN here (to ship; `--warm-cache` fills the cache itself).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Instead of the check: fill the disk cache (`SAGE_CUDA_CACHE_DIR`, else ~/.cache/sage/cuda)
+        /// with the builds that runs on inputs of these dtypes load (f16, bf16, f32; comma-separated),
+        /// so that the GPU's first call compiles nothing (a first f16 call on an H200 otherwise
+        /// spends about a minute in NVRTC). The cache is keyed by the kernel text, the options and
+        /// the NVRTC version, so it must be filled with the NVRTC major.minor the GPU machine loads.
+        #[arg(long, value_name = "DTYPES")]
+        warm_cache: Option<String>,
     },
 }
 
@@ -504,17 +511,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
 /// a serialized wgmma (ptxas C75xx) or a spill in its loop costs a large share of its speed, and only
 /// this report shows it without a GPU.
 fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
-    let known = ["sm_80", "sm_86", "sm_89", "sm_90a"];
+    check_archs(archs)?;
     let (major, minor) = sage_cuda::nvrtc::nvrtc_version()?;
     println!("NVRTC {major}.{minor}");
     let mut failed = 0;
     for arch in archs {
-        if !known.contains(&arch.as_str()) {
-            return Err(Error::param(
-                "arch",
-                format!("`{arch}` is not one of {known:?}"),
-            ));
-        }
         for module in sage_cuda::Module::ALL {
             let start = Instant::now();
             match sage_cuda::nvrtc::compile_with_report(module, arch) {
@@ -592,6 +593,54 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+fn check_archs(archs: &[String]) -> Result<()> {
+    let known = ["sm_80", "sm_86", "sm_89", "sm_90a"];
+    match archs.iter().find(|a| !known.contains(&a.as_str())) {
+        Some(arch) => Err(Error::param(
+            "arch",
+            format!("`{arch}` is not one of {known:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `sage kernels --warm-cache`: the disk cache's builds for `archs` and the input dtypes in `dtypes`.
+fn warm_cache(archs: &[String], dtypes: &str) -> Result<()> {
+    check_archs(archs)?;
+    let dtypes = dtypes
+        .split(',')
+        .map(|d| {
+            sage_cuda::nvrtc::EntryDtype::parse(d.trim()).ok_or_else(|| {
+                Error::param("warm-cache", format!("`{d}` is not one of f16, bf16, f32"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dir = sage_cuda::nvrtc::cache_dir().ok_or_else(|| {
+        Error::param(
+            "warm-cache",
+            "no cache folder: set SAGE_CUDA_CACHE_DIR (or HOME)",
+        )
+    })?;
+    let (major, minor) = sage_cuda::nvrtc::nvrtc_version()?;
+    println!("NVRTC {major}.{minor}, cache {}", dir.display());
+    for arch in archs {
+        for module in sage_cuda::Module::ALL {
+            for only in sage_cuda::nvrtc::builds(module, &dtypes) {
+                let start = Instant::now();
+                let cubin = sage_cuda::nvrtc::cubin(module, arch, only)?;
+                println!(
+                    "ok   {arch:<7} {:<14} {:<5} {:>8} bytes  {:.1} s",
+                    module.file(),
+                    only.map_or("all", |d| d.name()),
+                    cubin.len(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn info(json: bool) -> Result<()> {
     let all = sage::probe_all();
     if json {
@@ -639,7 +688,16 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Model(args) => model::run(args),
         Command::Calibrate(args) => model::calibrate(args),
-        Command::Kernels { arch, out } => kernels(arch, out.as_deref()),
+        Command::Kernels {
+            arch,
+            out,
+            warm_cache: None,
+        } => kernels(arch, out.as_deref()),
+        Command::Kernels {
+            arch,
+            warm_cache: Some(dtypes),
+            ..
+        } => warm_cache(arch, dtypes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -445,3 +445,56 @@ fn model_prints_a_row_per_mode() {
     assert_eq!(v["attention"], "int8-fp8 per-warp");
     assert!(v["min_cos"].as_f64().unwrap_or(0.0) >= 0.999, "{line}");
 }
+
+/// `sage kernels --warm-cache` fills the disk cache with one build per module and dtype (quant.cu
+/// whole), so that a GPU's first call compiles nothing; a second fill finds every build there. Bad
+/// dtypes and architectures are user errors before anything compiles.
+#[test]
+fn kernels_warm_cache_fills_the_cache_once() {
+    let dir = scratch("warm-cache");
+    let cache = dir.join("cache");
+    let env = [("SAGE_CUDA_CACHE_DIR", cache.to_str().unwrap_or_default())];
+    for (arch, dtypes, named) in [("sm_80", "fp16", "fp16"), ("sm_70", "f16", "sm_70")] {
+        let args = ["kernels", "--arch", arch, "--warm-cache", dtypes];
+        let err = user_error(&sage(&args, &env, None), named);
+        assert!(err.contains(named), "{err}");
+    }
+    assert!(!cache.exists());
+
+    let out = sage(
+        &["kernels", "--arch", "sm_80", "--warm-cache", "f16,f32"],
+        &env,
+        None,
+    );
+    let err = text(&out.stderr);
+    if !out.status.success() && err.contains("NVRTC") {
+        println!("skipped: {err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let files = |d: &PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = files(&cache);
+    // quant.cu once, attn_mma / attn_exact / attn_wgmma once per dtype
+    assert_eq!(first.len(), 7, "{first:?}");
+    assert!(
+        first
+            .iter()
+            .all(|f| f.ends_with(".cubin") && f.contains("-sm_80-")),
+        "{first:?}"
+    );
+    let again = sage(
+        &["kernels", "--arch", "sm_80", "--warm-cache", "f32,f16"],
+        &env,
+        None,
+    );
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(files(&cache), first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,11 +3,12 @@ mod conformance;
 
 conformance_suite!("cuda", sage_cuda::CudaBackend::new());
 
-/// The Hopper kernel's solo form (one consumer warpgroup per block) is only worth having if two of
-/// its blocks share a multiprocessor: its registers (255 per thread at most) and shared memory must
-/// both allow it. The pair form is one block per multiprocessor by design.
+/// The Hopper kernel's solo form (one consumer warpgroup per block, its products in order) is only
+/// worth having if three of its blocks share a multiprocessor: its registers (168 per thread at most)
+/// and shared memory must both allow it (two at kv_block = head dim = 128, where a third block's
+/// ring does not fit). The other forms are one block per multiprocessor by design.
 #[test]
-fn hopper_solo_form_keeps_two_blocks_per_sm() {
+fn hopper_solo_form_keeps_three_blocks_per_sm() {
     let Some(backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new()) else {
         return;
     };
@@ -21,7 +22,8 @@ fn hopper_solo_form_keeps_two_blocks_per_sm() {
     for (name, n) in &blocks {
         println!("{name}: {n} blocks per SM");
         if name.ends_with("_solo") {
-            assert!(*n >= 2, "{name}: {n} blocks per SM");
+            let want = if name.contains("kv128_hd128") { 2 } else { 3 };
+            assert!(*n >= want, "{name}: {n} blocks per SM");
         } else {
             assert_eq!(*n, 1, "{name}");
         }

@@ -408,12 +408,7 @@ pub fn entry_dtype(module: Module, name: &str) -> Option<EntryDtype> {
     if module == Module::Quant {
         return None;
     }
-    name.split('_').find_map(|part| match part {
-        "f16" => Some(EntryDtype::F16),
-        "bf16" => Some(EntryDtype::Bf16),
-        "f32" => Some(EntryDtype::F32),
-        _ => None,
-    })
+    name.split('_').find_map(EntryDtype::parse)
 }
 
 /// One input dtype's entry points of a module (`-DSAGE_ONLY_<T>`, prelude.cuh): a third of the
@@ -427,12 +422,37 @@ pub enum EntryDtype {
 }
 
 impl EntryDtype {
+    pub const ALL: [EntryDtype; 3] = [EntryDtype::F16, EntryDtype::Bf16, EntryDtype::F32];
+
+    /// `f16`, `bf16` or `f32`, as entry names spell them.
+    pub fn parse(s: &str) -> Option<EntryDtype> {
+        EntryDtype::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryDtype::F16 => "f16",
+            EntryDtype::Bf16 => "bf16",
+            EntryDtype::F32 => "f32",
+        }
+    }
+
     fn define(self) -> &'static str {
         match self {
             EntryDtype::F16 => "-DSAGE_ONLY_F16",
             EntryDtype::Bf16 => "-DSAGE_ONLY_BF16",
             EntryDtype::F32 => "-DSAGE_ONLY_F32",
         }
+    }
+}
+
+/// The builds of `module` that a process running inputs of `dtypes` loads: quant.cu whole, an
+/// attention module once per dtype (the keys `cubin` is called with).
+pub fn builds(module: Module, dtypes: &[EntryDtype]) -> Vec<Option<EntryDtype>> {
+    if module == Module::Quant {
+        vec![None]
+    } else {
+        dtypes.iter().copied().map(Some).collect()
     }
 }
 
@@ -509,6 +529,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn warm_cache_builds_are_the_keys_runs_load() {
+        for d in EntryDtype::ALL {
+            assert_eq!(EntryDtype::parse(d.name()), Some(d));
+            assert_eq!(
+                d.define(),
+                format!("-DSAGE_ONLY_{}", d.name().to_uppercase())
+            );
+        }
+        assert_eq!(EntryDtype::parse("fp16"), None);
+        assert_eq!(EntryDtype::parse("F16"), None);
+        let two = [EntryDtype::F16, EntryDtype::F32];
+        // quant.cu is one build whatever the dtypes; an attention module one per dtype, the key that
+        // a run of that dtype computes from its entry names
+        assert_eq!(builds(Module::Quant, &two), vec![None]);
+        assert_eq!(
+            builds(Module::AttnWgmma, &two),
+            vec![Some(EntryDtype::F16), Some(EntryDtype::F32)]
+        );
+        for (name, d) in [
+            ("attn_int8_fp8_wgmma_kv128_hd64_f32_solo", EntryDtype::F32),
+            ("attn_exact_hd64_f16", EntryDtype::F16),
+        ] {
+            let module = if name.starts_with("attn_exact") {
+                Module::AttnExact
+            } else {
+                Module::AttnWgmma
+            };
+            assert!(builds(module, &two).contains(&entry_dtype(module, name)));
+            assert_eq!(entry_dtype(module, name), Some(d));
+        }
+        assert_eq!(builds(Module::AttnMma, &[]), vec![]);
     }
 
     #[test]
