@@ -359,6 +359,9 @@ pub struct CudaBackend {
     pdl: bool,
     /// Quantization-stage buffers kept between calls (none with `SAGE_CUDA_POOL_KEEP=0`).
     scratch: Option<ScratchList>,
+    /// This backend's hold on the default pool's release threshold (`new`, unless
+    /// `SAGE_CUDA_POOL_KEEP=0`): the last holder of a device puts the threshold back.
+    pool: Option<PoolKeeper>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -374,6 +377,73 @@ impl std::fmt::Debug for CudaBackend {
 /// device's default pool, and the quantization stage's buffers in the backend's scratch list.
 fn pool_keep() -> bool {
     std::env::var("SAGE_CUDA_POOL_KEEP").map_or(true, |v| v != "0")
+}
+
+/// Per device, the backends open that keep freed memory in its default pool, and the pool's release
+/// threshold from before the first of them: (device, holders, threshold before).
+type PoolHolders = Mutex<Vec<(usize, usize, u64)>>;
+
+static POOL_HOLDERS: PoolHolders = Mutex::new(Vec::new());
+
+/// Counts a holder of `device`'s threshold; the first one raises it (`raise` returns the threshold
+/// before, `None` where the device has no pool: then nothing is held). Whether this caller holds.
+fn pool_hold(holders: &PoolHolders, device: usize, raise: impl FnOnce() -> Option<u64>) -> bool {
+    let Ok(mut held) = holders.lock() else {
+        return false;
+    };
+    if let Some(entry) = held.iter_mut().find(|e| e.0 == device) {
+        entry.1 += 1;
+        return true;
+    }
+    match raise() {
+        Some(before) => {
+            held.push((device, 1, before));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Drops a holder of `device`'s threshold; the last one puts it back (`restore`, under the lock, so a
+/// backend opening meanwhile cannot take the raised value for the original one).
+fn pool_unhold(holders: &PoolHolders, device: usize, restore: impl FnOnce(u64)) {
+    let Ok(mut held) = holders.lock() else {
+        return;
+    };
+    if let Some(i) = held.iter().position(|e| e.0 == device) {
+        held[i].1 -= 1;
+        if held[i].1 == 0 {
+            let (_, _, before) = held.swap_remove(i);
+            restore(before);
+        }
+    }
+}
+
+/// A backend's hold on its device's pool threshold (`pool_hold`), released when it closes.
+struct PoolKeeper {
+    ctx: Arc<CudaContext>,
+    device: usize,
+}
+
+impl PoolKeeper {
+    fn new(ctx: &Arc<CudaContext>, device: usize) -> Option<PoolKeeper> {
+        // best effort: a device without memory pools allocates synchronously anyway
+        pool_hold(&POOL_HOLDERS, device, || {
+            pool_release_threshold(ctx, Some(u64::MAX)).ok()
+        })
+        .then(|| PoolKeeper {
+            ctx: ctx.clone(),
+            device,
+        })
+    }
+}
+
+impl Drop for PoolKeeper {
+    fn drop(&mut self) {
+        pool_unhold(&POOL_HOLDERS, self.device, |before| {
+            let _ = pool_release_threshold(&self.ctx, Some(before));
+        });
+    }
 }
 
 /// The device's default memory pool (the one stream-ordered allocations use).
@@ -572,11 +642,14 @@ impl CudaBackend {
         // One stream orders everything; cudarc's per-buffer event tracking would only add overhead.
         // SAFETY: no buffer exists yet, and every buffer of this backend lives on `stream`.
         unsafe { ctx.disable_event_tracking() };
-        if pool_keep() {
-            // best effort: a device without memory pools allocates synchronously anyway
-            let _ = pool_release_threshold(&ctx, Some(u64::MAX));
-        }
-        Self::on_stream(ctx.default_stream())
+        let pool = if pool_keep() {
+            PoolKeeper::new(&ctx, ordinal)
+        } else {
+            None
+        };
+        let mut backend = Self::on_stream(ctx.default_stream())?;
+        backend.pool = pool;
+        Ok(backend)
     }
 
     /// The backend on `stream` (of a context that is already open): checks the architecture.
@@ -621,6 +694,7 @@ impl CudaBackend {
             },
             sms,
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
+            pool: None,
         })
     }
 
@@ -634,7 +708,8 @@ impl CudaBackend {
     }
 
     /// How many freed bytes the device's default memory pool keeps across synchronizations: all of
-    /// them (`u64::MAX`) once a backend is open, unless `SAGE_CUDA_POOL_KEEP=0`.
+    /// them (`u64::MAX`) while a backend from `new` is open, unless `SAGE_CUDA_POOL_KEEP=0`; the
+    /// last such backend of a device to close puts back the threshold it found.
     pub fn pool_release_threshold(&self) -> Result<u64> {
         pool_release_threshold(&self.ctx, None).map_err(|e| driver_error("memory pool", e))
     }
@@ -1921,6 +1996,30 @@ mod tests {
         }
         assert_eq!(stats_smem_bytes(DType::BF16), 110_592);
         assert_eq!(stats_smem_bytes(DType::F32), 12_288);
+    }
+
+    #[test]
+    fn the_last_backend_of_a_device_puts_the_pool_threshold_back() {
+        let holders: PoolHolders = Mutex::new(Vec::new());
+        let mut threshold = [0u64, 7];
+        let raise = |d: usize, t: &mut [u64; 2]| {
+            pool_hold(&holders, d, || Some(std::mem::replace(&mut t[d], u64::MAX)))
+        };
+        assert!(raise(0, &mut threshold));
+        assert!(raise(0, &mut threshold));
+        assert!(raise(1, &mut threshold));
+        assert_eq!(threshold, [u64::MAX, u64::MAX]);
+        // the second holder does not see the raised value as the original
+        pool_unhold(&holders, 0, |b| threshold[0] = b);
+        assert_eq!(threshold[0], u64::MAX);
+        pool_unhold(&holders, 0, |b| threshold[0] = b);
+        assert_eq!(threshold, [0, u64::MAX]);
+        pool_unhold(&holders, 1, |b| threshold[1] = b);
+        assert_eq!(threshold, [0, 7]);
+        // a device without a pool holds nothing, and a release without a hold changes nothing
+        assert!(!pool_hold(&holders, 2, || None));
+        pool_unhold(&holders, 2, |_| panic!("nothing was held"));
+        assert!(holders.lock().map(|h| h.is_empty()).unwrap_or(false));
     }
 
     #[test]
