@@ -87,9 +87,9 @@ struct WgForm {
     static constexpr int CONSUMER_REGS = NC > 2 ? 160 : WG_CONSUMER_REGS;
     // PIPE: each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1}, so S_j, that
     // product's accumulator and acc are live at once. The trio's consumers (160 registers) and the
-    // solo's (168, three CTAs per SM) cannot hold both: each runs S_j, the softmax and P_j V_j in
-    // order, and three warps per scheduler overlap one another (at DP = 64 the softmax, not the tensor
-    // cores, bounds the pair).
+    // solo's (168, three CTAs per SM, two at KVT = DP = 128) cannot hold both: each runs S_j, the
+    // softmax and P_j V_j in order, and the consumer warps sharing a scheduler overlap one another
+    // (at DP = 64 the softmax, not the tensor cores, bounds the pair).
     static constexpr bool PIPE = NC == 2;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
@@ -547,13 +547,14 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
 
         mbar_wait(q_full(qb()), q_phase());
-        // Software pipeline inside the warpgroup: iteration j issues S_j = Q K_j^T and then
-        // P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j while the tensor cores do
-        // P_{j-1} V_{j-1}; then it folds that product into acc with tile j-1's alpha and packs P_j.
-        // (Folding it after the next S issue instead, to start S sooner, makes ptxas serialize every
-        // wgmma: C7514, an accumulator read inside a pipeline stage.)
-        u32 pf[NT / 4][4];  // P_{j-1} as e4m3 A fragments (read by the wgmma in flight: not touched until done)
-        float f[PV_CH / 2]; // P_{j-1} V_{j-1} (of PV_CH channels): the KV block's own accumulator
+        // F::PIPE (the pair forms): a software pipeline inside the warpgroup. Iteration j issues
+        // S_j = Q K_j^T and then P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j
+        // while the tensor cores do P_{j-1} V_{j-1}; then it folds that product into acc with tile
+        // j-1's alpha and packs P_j. (Folding it after the next S issue instead, to start S sooner,
+        // makes ptxas serialize every wgmma: C7514, an accumulator read inside a pipeline stage.)
+        // The in-order forms (trio, solo) issue and wait for P_j V_j at the end of iteration j.
+        u32 pf[NT / 4][4];  // P as e4m3 A fragments (read by the wgmma in flight: not touched until done)
+        float f[PV_CH / 2]; // P V (of PV_CH channels): the KV block's own accumulator
         // P V of tile jj from pf, issued and waited for PV_CH channels at a time, its V slot handed back
         // and each part merged into acc with `alpha` (the last tile of the pipelined forms; every tile of
         // the in-order ones)
@@ -627,7 +628,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             if (lane == 0) mbar_arrive(k_empty(s));
             refill_k(j);
 
-            // ---- online_softmax of tile j (overlaps P_{j-1} V_{j-1}) ----
+            // ---- online_softmax of tile j (F::PIPE: overlaps P_{j-1} V_{j-1}) ----
             // Unmasked tiles without dS take the softmax straight from the unscaled dot products
             // (attn_mma.cu), one scale per 64-key group.
             float sqk[NG];
@@ -681,7 +682,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             pv_waited(my_tiles - 1, alpha_prev);
             if (my_tiles < n_tiles) release_k(my_tiles);
         }
-        // Past this warpgroup's last visible key (pair form: causal, or rows past Nq): nothing to compute,
+        // Past this warpgroup's last visible key (pair and trio forms: causal, or rows past Nq; never the
+        // solo, whose one warpgroup is the whole item): nothing to compute,
         // but the slots are released in order like any other, or the ring's phases would slip.
         for (int j = my_tiles > 0 ? my_tiles + 1 : 0; j <= n_tiles; ++j) {
             if (j < n_tiles) release_k(j);

@@ -50,12 +50,12 @@ enum Command {
         /// Write each CUBIN here (to ship; `--warm-cache` fills the cache itself).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Instead of the check: fill the disk cache (`SAGE_CUDA_CACHE_DIR`, else ~/.cache/sage/cuda)
-        /// with the builds that runs on inputs of these dtypes load (f16, bf16, f32; comma-separated),
-        /// so that the GPU's first call compiles nothing (a first f16 call on an H200 otherwise
-        /// spends about a minute in NVRTC). The cache is keyed by the kernel text, the options and
+        /// Instead of the check: fill the disk cache (`SAGE_CUDA_CACHE_DIR`, else
+        /// $XDG_CACHE_HOME/sage/cuda or ~/.cache/sage/cuda) with the builds that runs on inputs of
+        /// these dtypes load (f16, bf16, f32; comma-separated), so that the GPU's first call compiles
+        /// nothing (a first f16 call on an H200 otherwise spends about a minute in NVRTC). The cache is keyed by the kernel text, the options and
         /// the NVRTC version, so it must be filled with the NVRTC major.minor the GPU machine loads.
-        #[arg(long, value_name = "DTYPES")]
+        #[arg(long, value_name = "DTYPES", conflicts_with = "out")]
         warm_cache: Option<String>,
     },
 }
@@ -628,6 +628,18 @@ fn warm_cache(archs: &[String], dtypes: &str) -> Result<()> {
             for only in sage_cuda::nvrtc::builds(module, &dtypes) {
                 let start = Instant::now();
                 let cubin = sage_cuda::nvrtc::cubin(module, arch, only)?;
+                // a run tolerates a cache it cannot write; this command exists to write it
+                let file = sage_cuda::nvrtc::cache_file(module, arch, only)?;
+                if !file.as_ref().is_some_and(|f| f.is_file()) {
+                    return Err(Error::param(
+                        "warm-cache",
+                        format!(
+                            "could not write {} (is {} writable?)",
+                            file.map_or_else(|| "the cache".into(), |f| f.display().to_string()),
+                            dir.display()
+                        ),
+                    ));
+                }
                 println!(
                     "ok   {arch:<7} {:<14} {:<5} {:>8} bytes  {:.1} s",
                     module.file(),

@@ -270,8 +270,8 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// D = 64, +4 % at D = 128) and of the persistent pair (+13 %, +8 %); at 1024 keys it is ahead of the
 /// persistent pair at D = 64 (+4 %, -2 % causal) and level with it at D = 128 (-7 % causal). At
 /// D = 64 with at most 1024 keys the solo form (three in-order CTAs per multiprocessor) is ahead of
-/// the persistent trio (session 13: +3.5 %, +16 % causal; at 2048 keys -6 %, +2 % causal), with
-/// any output type. Not measured at kv_block 64 (the same thresholds are applied). With f32 outputs,
+/// the persistent trio (session 13, 1024 keys: end to end +4 %, causal +12.5 %; at 2048 keys -6 %,
+/// causal +2 %) and, with f32 outputs, of the pipelined solo it replaced (+13 %). Not measured at kv_block 64 (the same thresholds are applied). With f32 outputs,
 /// which the persistent forms store lane by lane rather than staged (never measured there), the trio
 /// elsewhere, whose gain is in the KV loop that f32 outputs share (not measured with f32).
 fn auto_form(dp: usize, seq_k: usize, out16: bool) -> WgmmaForm {
@@ -811,7 +811,7 @@ impl CudaBackend {
     /// Entry `name` of `module`, set up for `smem` bytes of dynamic shared memory: the limit raised
     /// past 48 KiB where needed, and all of the unified L1 as shared memory for the large ones and
     /// the Hopper kernel, so that as many blocks fit as their shared memory allows (the Hopper
-    /// kernel's solo form needs three per multiprocessor).
+    /// kernel's solo form needs three per multiprocessor, two at kv_block = head dim = 128).
     fn function_for(&self, module: Module, name: &str, smem: u32) -> Result<CudaFunction> {
         use sys::CUfunction_attribute_enum as A;
         let f = self.function(module, name)?;

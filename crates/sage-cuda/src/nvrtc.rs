@@ -456,19 +456,25 @@ pub fn builds(module: Module, dtypes: &[EntryDtype]) -> Vec<Option<EntryDtype>> 
     }
 }
 
-/// The CUBIN of `module` for `arch` (only `only`'s entry points when given), from the disk cache
-/// when an identical build is there.
-pub fn cubin(module: Module, arch: &str, only: Option<EntryDtype>) -> Result<Vec<u8>> {
+/// Where the disk cache keeps the build of `module` for `arch` (only `only`'s entry points when
+/// given): named by a hash of the kernel text, the options and the NVRTC version. `None` without a
+/// cache folder.
+pub fn cache_file(module: Module, arch: &str, only: Option<EntryDtype>) -> Result<Option<PathBuf>> {
     let (major, minor) = nvrtc_version()?;
-    let extra: Vec<&str> = only.map(EntryDtype::define).into_iter().collect();
     let mut hash = Sha256::new();
     hash.update(module.amalgamated()?.as_bytes());
     hash.update(options(arch).join(" ").as_bytes());
-    hash.update(extra.join(" ").as_bytes());
+    hash.update(only.map_or("", EntryDtype::define).as_bytes());
     hash.update(format!("nvrtc {major}.{minor}").as_bytes());
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let file =
-        cache_dir().map(|d| d.join(format!("{}-{arch}-{}.cubin", module.file(), &digest[..16])));
+    Ok(cache_dir().map(|d| d.join(format!("{}-{arch}-{}.cubin", module.file(), &digest[..16]))))
+}
+
+/// The CUBIN of `module` for `arch` (only `only`'s entry points when given), from the disk cache
+/// when an identical build is there.
+pub fn cubin(module: Module, arch: &str, only: Option<EntryDtype>) -> Result<Vec<u8>> {
+    let extra: Vec<&str> = only.map(EntryDtype::define).into_iter().collect();
+    let file = cache_file(module, arch, only)?;
     if let Some(f) = &file
         && let Ok(bytes) = std::fs::read(f)
     {
