@@ -262,20 +262,22 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
     Ok(Some((form, cap)))
 }
 
-/// The form for head dim `dp` (padded) and `seq_k` keys. Measured on an H200, kernel only in one call
-/// (BENCHMARKS.md, sessions 10-12, kv_block 128): the trio is ahead of the pair at every length
-/// measured (D = 64 from 2048 keys: +13 % at 16384; D = 128: +7 to +8.5 % at 1024, 4096 and 16384,
-/// causal or not). With few keys per item the persistent forms' overlap of one item's end with the
-/// next one's start is worth more: at 2048 keys the persistent trio is ahead of the trio (+6 % at
-/// D = 64, +4 % at D = 128) and of the persistent pair (+13 %, +8 %); at 1024 keys it is ahead of the
-/// persistent pair at D = 64 (+4 %, -2 % causal) and level with it at D = 128 (-7 % causal). At
-/// D = 64 with at most 1024 keys the solo form (three in-order CTAs per multiprocessor) is ahead of
-/// the persistent trio (session 13, 1024 keys: end to end +4 %, causal +12.5 %; at 2048 keys -6 %,
-/// causal +2 %) and, with f32 outputs, of the pipelined solo it replaced (+13 %). Not measured at kv_block 64 (the same thresholds are applied). With f32 outputs,
-/// which the persistent forms store lane by lane rather than staged (never measured there), the trio
-/// elsewhere, whose gain is in the KV loop that f32 outputs share (not measured with f32).
-fn auto_form(dp: usize, seq_k: usize, out16: bool) -> WgmmaForm {
-    if dp == 64 && seq_k <= SOLO_MAX_KEYS {
+/// The form for head dim `dp` (padded), kv_block `kvt` and `seq_k` keys. Measured on an H200, kernel
+/// only in one call (BENCHMARKS.md, sessions 10-13, kv_block 128 unless said): the trio is ahead of
+/// the pair at every length measured (D = 64 from 2048 keys: +13 % at 16384; D = 128: +7 to +8.5 %
+/// at 1024, 4096 and 16384, causal or not). With few keys per item the persistent forms' overlap of
+/// one item's end with the next one's start is worth more: at 2048 keys the persistent trio is ahead
+/// of the trio (+6 % at D = 64, +4 % at D = 128) and of the persistent pair (+13 %, +8 %); at 1024
+/// keys it is ahead of the persistent pair at D = 64 (+4 %, -2 % causal) and level with it at D = 128
+/// (-7 % causal). At D = 64 with at most 1024 keys the solo form (three in-order CTAs per
+/// multiprocessor) is ahead of the persistent trio (session 13, 1024 keys, end to end: +4 %, causal
+/// +12.5 %; at 2048 keys -6 %, causal +2 %) and, with f32 outputs, of the pipelined solo it replaced
+/// (+13 %); at kv_block 64 only under a causal mask (+8 %; -4 % without one, where the persistent trio
+/// stays). With f32 outputs, which the persistent forms store lane by lane rather than staged (never
+/// measured there), the trio elsewhere, whose gain is in the KV loop that f32 outputs share (not
+/// measured with f32); kv_block 64 takes kv_block 128's thresholds otherwise (not measured).
+fn auto_form(dp: usize, kvt: usize, seq_k: usize, causal: bool, out16: bool) -> WgmmaForm {
+    if dp == 64 && seq_k <= SOLO_MAX_KEYS && (kvt == 128 || causal || !out16) {
         WgmmaForm::Solo
     } else if out16 && dp > 64 && seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
@@ -1118,7 +1120,7 @@ impl CudaBackend {
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
             .unwrap_or_else(|| {
                 let out16 = p.dtype != DType::F32;
-                (auto_form(dp, p.seq_k, out16), None)
+                (auto_form(dp, kvt, p.seq_k, p.causal, out16), None)
             });
         let maps = [
             self.tensor_map(
@@ -2023,38 +2025,42 @@ mod tests {
     }
 
     #[test]
-    fn auto_form_takes_a_persistent_form_for_few_keys_and_the_trio_above() {
+    fn auto_form_takes_solo_or_a_persistent_form_for_few_keys_and_the_trio_above() {
+        // (head dim, kv_block, keys, causal, 16-bit output)
+        let at = |dp, seq_k, out16| auto_form(dp, 128, seq_k, false, out16);
         for dp in [64, 128] {
-            assert_eq!(
-                auto_form(dp, TRIO_PERSIST_MAX_KEYS, true),
-                WgmmaForm::TrioPersist
-            );
-            assert_eq!(
-                auto_form(dp, TRIO_PERSIST_MAX_KEYS + 1, true),
-                WgmmaForm::Trio
-            );
+            assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS, true), WgmmaForm::TrioPersist);
+            assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS + 1, true), WgmmaForm::Trio);
             for out16 in [true, false] {
-                assert_eq!(auto_form(dp, 16384, out16), WgmmaForm::Trio);
+                assert_eq!(at(dp, 16384, out16), WgmmaForm::Trio);
+                assert_eq!(auto_form(dp, 64, 16384, true, out16), WgmmaForm::Trio);
             }
         }
         // D 128: the persistent pair up to 1024 keys
-        assert_eq!(auto_form(128, 1, true), WgmmaForm::Persist);
-        assert_eq!(auto_form(128, PERSIST_MAX_KEYS, true), WgmmaForm::Persist);
-        assert_eq!(
-            auto_form(128, PERSIST_MAX_KEYS + 1, true),
-            WgmmaForm::TrioPersist
-        );
-        // D 64: the solo form up to 1024 keys, any output type
+        assert_eq!(at(128, 1, true), WgmmaForm::Persist);
+        assert_eq!(at(128, PERSIST_MAX_KEYS, true), WgmmaForm::Persist);
+        assert_eq!(at(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
+        assert_eq!(at(128, 1024, false), WgmmaForm::Trio);
+        // D 64: the solo form up to 1024 keys, any output type; at kv_block 64 with 16-bit outputs
+        // only under a causal mask
         for out16 in [true, false] {
-            assert_eq!(auto_form(64, 1, out16), WgmmaForm::Solo);
-            assert_eq!(auto_form(64, SOLO_MAX_KEYS, out16), WgmmaForm::Solo);
+            assert_eq!(at(64, 1, out16), WgmmaForm::Solo);
+            assert_eq!(at(64, SOLO_MAX_KEYS, out16), WgmmaForm::Solo);
+            assert_eq!(
+                auto_form(64, 64, SOLO_MAX_KEYS, true, out16),
+                WgmmaForm::Solo
+            );
         }
         assert_eq!(
-            auto_form(64, SOLO_MAX_KEYS + 1, true),
+            auto_form(64, 64, SOLO_MAX_KEYS, false, true),
             WgmmaForm::TrioPersist
         );
-        assert_eq!(auto_form(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
-        assert_eq!(auto_form(128, 1024, false), WgmmaForm::Trio);
+        assert_eq!(
+            auto_form(64, 64, SOLO_MAX_KEYS, false, false),
+            WgmmaForm::Solo
+        );
+        assert_eq!(at(64, SOLO_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
+        assert_eq!(at(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
     }
 
     #[test]
