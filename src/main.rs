@@ -53,8 +53,9 @@ enum Command {
         /// Instead of the check: fill the disk cache (`SAGE_CUDA_CACHE_DIR`, else
         /// $XDG_CACHE_HOME/sage/cuda or ~/.cache/sage/cuda) with the builds that runs on inputs of
         /// these dtypes load (f16, bf16, f32; comma-separated), so that the GPU's first call compiles
-        /// nothing (a first f16 call on an H200 otherwise spends about a minute in NVRTC). The cache is keyed by the kernel text, the options and
-        /// the NVRTC version, so it must be filled with the NVRTC major.minor the GPU machine loads.
+        /// nothing (a first f16 call on an H200 otherwise spends about a minute in NVRTC). The cache
+        /// is keyed by the kernel text, the options and the NVRTC version, so it must be filled with
+        /// the NVRTC major.minor the GPU machine loads.
         #[arg(long, value_name = "DTYPES", conflicts_with = "out")]
         warm_cache: Option<String>,
     },
