@@ -10,11 +10,12 @@
 //     `full` mbarrier; a slot is refilled once every consumer warp has arrived on its `empty` barrier.
 //     It gives its registers away (setmaxnreg) to the consumers, warpgroups 1 and 2.
 //   solo (`_solo`): one consumer warpgroup of 64 rows whose first warp also issues the copies (a
-//     slot is refilled as soon as the four warps release it), three CTAs per SM (two at KVT = DP =
-//     128, by shared memory) at up to 168 registers, each running its products in order like the
-//     trio's consumers (at DP = 128 the P V in two halves). Its CTAs share nothing; ahead of the
-//     persistent trio at DP = 64 up to 1024 keys, under a causal mask most of all (BENCHMARKS.md,
-//     session 13), where the host takes it.
+//     slot is refilled as soon as the four warps release it), three CTAs per SM (at KVT = DP = 128
+//     with a 2-deep ring, and only where the host needs no alignment slack) at up to 168 registers,
+//     each running its products in order like the trio's consumers (at DP = 128 the P V in two
+//     halves). Its CTAs share nothing; up to 1024 keys ahead of the persistent trio at DP = 64 and
+//     of the persistent pair at DP = 128, under a causal mask most of all (BENCHMARKS.md, sessions
+//     13 and 14), where the host takes it.
 //   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
 //     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
 //     P V in two halves of 64 channels (PV_CH). Three consumer warps per scheduler instead of
@@ -77,19 +78,19 @@ struct WgForm {
     static constexpr bool PRODUCER = NC > 1;
     static constexpr int THREADS = WG_THREADS * (NC + (NC > 1 ? 1 : 0));
     static constexpr int Q_TILE = 64 * NC;  // query rows per CTA (the pair's and solo's divide Q_SMOOTH_BLOCK)
-    // K/V ring depth: the solo form's shared memory must leave room for two more CTAs on the SM
-    // (one at KVT = DP = 128: 3 * 32 KiB and its Q tile), the persistent trio's for two 192-row Q
-    // tiles and its staged outputs (at KVT = DP = 128: 4 * 32 + 2 * 24 + 48 KiB, with the
-    // barriers, qm, dS, sv / vm and the alignment slack 237 248 bytes > 227 KiB).
+    // K/V ring depth (WgSmem::STAGES, which also sees the tile shapes): the solo form's shared memory
+    // must leave room for two more CTAs on the SM, the persistent trio's for two 192-row Q tiles and
+    // its staged outputs (at KVT = DP = 128: 4 * 32 + 2 * 24 + 48 KiB, with the barriers, qm, dS,
+    // sv / vm and the alignment slack 237 248 bytes > 227 KiB).
     static constexpr int STAGES = NC > 1 && !(PERSIST && NC > 2) ? 4 : 3;
     static constexpr int MIN_CTAS = NC > 1 ? 1 : 3;
     // consumer registers after setmaxnreg: 128 * 24 + NC * 128 * REGS <= 64K
     static constexpr int CONSUMER_REGS = NC > 2 ? 160 : WG_CONSUMER_REGS;
     // PIPE: each consumer overlaps its softmax of tile j with its own P_{j-1} V_{j-1}, so S_j, that
     // product's accumulator and acc are live at once. The trio's consumers (160 registers) and the
-    // solo's (168, three CTAs per SM, two at KVT = DP = 128) cannot hold both: each runs S_j, the
-    // softmax and P_j V_j in order, and the consumer warps sharing a scheduler overlap one another
-    // (at DP = 64 the softmax, not the tensor cores, bounds the pair).
+    // solo's (168, three CTAs per SM) cannot hold both: each runs S_j, the softmax and P_j V_j in
+    // order, and the consumer warps sharing a scheduler overlap one another (at DP = 64 the
+    // softmax, not the tensor cores, bounds the pair).
     static constexpr bool PIPE = NC == 2;
     // Q tile and sv / vm buffers: the persistent form fills item n + 1's while item n runs
     static constexpr int BUFS = PERSIST ? 2 : 1;
@@ -110,16 +111,20 @@ __host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes
 template <int DP, int KVT, int NC, bool PERSIST = false>
 struct WgSmem {
     typedef WgForm<NC, PERSIST> F;
+    // The solo form at KVT = DP = 128 keeps two slots: three CTAs' 3 * 75 KiB (the 64 KiB ring, its
+    // Q tile, the rest; no alignment slack where the driver's dynamic shared memory starts aligned,
+    // sage-cuda's `wgmma_smem_slack`) then fit the SM's 228 KiB, less 1 KiB per CTA; with three slots two.
+    static constexpr int STAGES = NC == 1 && KVT == 128 && DP == 128 ? 2 : F::STAGES;
     static constexpr int Q_BYTES = F::Q_TILE * DP;
     static constexpr int K_BYTES = KVT * DP;
     static constexpr int V_BYTES = DP * KVT;
     static constexpr int K_OFF = F::BUFS * Q_BYTES;
-    static constexpr int V_OFF = K_OFF + F::STAGES * K_BYTES;
-    static constexpr int BAR_OFF = V_OFF + F::STAGES * V_BYTES;
+    static constexpr int V_OFF = K_OFF + STAGES * K_BYTES;
+    static constexpr int BAR_OFF = V_OFF + STAGES * V_BYTES;
     // barriers: q_full and epi_full per buffer, [persistent] item_empty per buffer, out_full,
     // out_empty; then k_full, k_empty, v_full, v_empty for each stage
     static constexpr int HEAD_BARS = PERSIST ? 8 : 2;
-    static constexpr int QM_OFF = BAR_OFF + 8 * (HEAD_BARS + 4 * F::STAGES);
+    static constexpr int QM_OFF = BAR_OFF + 8 * (HEAD_BARS + 4 * STAGES);
     // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
     static constexpr int DS_OFF = QM_OFF + 4 * NC * DP;
     // the epilogue's sv and vm of the item's head (16-byte aligned for the bulk copy)
@@ -269,7 +274,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                             int Nk, int D, int gran, int causal, float sm_scale) {
     typedef WgForm<NC, PERSIST> F;
     typedef WgSmem<DP, KVT, NC, PERSIST> L;
-    constexpr int STAGES = F::STAGES;
+    constexpr int STAGES = L::STAGES;
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
@@ -378,6 +383,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     };
 
     if (tid == 0) {
+        // The host asks for no alignment slack where its probe found the dynamic shared memory
+        // aligned (ABI.md): should that ever not hold, stop rather than write past the allocation.
+        if (base - smem_addr(smem_raw) + L::BYTES > dynamic_smem_bytes()) __trap();
         for (int b = 0; b < F::BUFS; ++b) {
             mbar_init(q_full(b), 1);
             mbar_init(epi_full(b), 1);
@@ -761,14 +769,27 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
+// attn_wgmma_smem_probe_{f16|bf16|f32}(u32* out): one thread writes where the CTA's dynamic shared
+// memory starts, modulo 1024, declared as in attn_wgmma; the host gives the entries no alignment slack
+// when that is 0 (ABI.md). One per dtype build, so it loads with the entries a process uses.
+#define SAGE_WGMMA_PROBE(DT)                                                 \
+    extern "C" __global__ void attn_wgmma_smem_probe_##DT(u32* out) {      \
+        grid_dependency_sync();                                              \
+        extern __shared__ __align__(1024) unsigned char smem_raw[];          \
+        if (threadIdx.x == 0) *out = smem_addr(smem_raw) & 1023u;            \
+    }
+
 #ifdef SAGE_WANT_F16
 SAGE_WGMMA_SHAPES(f16, DtF16)
+SAGE_WGMMA_PROBE(f16)
 #endif
 #ifdef SAGE_WANT_BF16
 SAGE_WGMMA_SHAPES(bf16, DtBF16)
+SAGE_WGMMA_PROBE(bf16)
 #endif
 #ifdef SAGE_WANT_F32
 SAGE_WGMMA_SHAPES(f32, DtF32)
+SAGE_WGMMA_PROBE(f32)
 #endif
 
 #endif  // SAGE_HAVE_WGMMA

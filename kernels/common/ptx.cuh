@@ -139,6 +139,12 @@ SAGE_DEVICE void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 
 // ---- shared memory -------------------------------------------------------------------------------
 SAGE_DEVICE u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+// The dynamic shared memory the launch gave the CTA, in bytes.
+SAGE_DEVICE u32 dynamic_smem_bytes() {
+    u32 n;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(n));
+    return n;
+}
 
 // Four 8x8 matrices of 16-byte rows. Lanes 8i..8i+7 give the row addresses of matrix i; lane
 // 4g+t receives in d[i] the 32-bit word t of row g of matrix i. With 16-byte rows cut from a tile

@@ -112,6 +112,7 @@ struct OnlineSoftmax {
                                    float (&alpha)[2]) {
         constexpr int PER = NT / NS;
         constexpr float FOLD_LIMIT = 4096.0f;
+        static_assert(NT % 4 == 0 && PER % 4 == 0, "steps of four n-tiles inside one scale group");
         float base[2], c[2][NS];
         bool fold = true;
 #pragma unroll
@@ -132,26 +133,43 @@ struct OnlineSoftmax {
                 fold = fold && fabsf(c[r][gi]) < FOLD_LIMIT;
             }
         }
-        if (__all_sync(FULL_MASK, fold)) {
+        float part[2][4];
+        if (__all_sync(FULL_MASK, fold))
+            exp_steps<true>(s, scale, c, base, part);
+        else
+            exp_steps<false>(s, scale, c, base, part);
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+        for (int r = 0; r < 2; ++r)
+            l[r] = l[r] * alpha[r] + ((part[r][0] + part[r][1]) + (part[r][2] + part[r][3]));
+    }
+
+    // update_biased's exponentials, p = exp2(f * scale + c) on the biased dots f (FOLD) or
+    // exp2((f - DOT_BIAS) * scale - base), and the row sums in four partial sums per row (regrouped
+    // additions, as across the quad: one chain of NT dependent adds would hold the warp after its
+    // last ex2), four n-tiles at a time. Written so, ptxas puts each step's adds between the next
+    // steps' ex2s, which hold the MUFU unit 8 cycles each, instead of after the last one, where they
+    // delayed the P V issue (BENCHMARKS.md, session 14). Each partial sum starts from its first pair:
+    // 0 + x is not x for the compiler (x may be -0), so a zero start cost an add each.
+    template <bool FOLD, int NS>
+    SAGE_DEVICE static void exp_steps(float (&s)[NT][4], const float (&scale)[NS], const float (&c)[2][NS],
+                                      const float (&base)[2], float (&part)[2][4]) {
+        constexpr int PER = NT / NS;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = ex2(__fmaf_rn(s[nt][e], scale[nt / PER], c[e / 2][nt / PER]));
-        } else {
+        for (int ks = 0; ks < NT / 4; ++ks) {
+            const int gi = 4 * ks / PER;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+            for (int nt = 4 * ks; nt < 4 * ks + 4; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    s[nt][e] = ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[nt / PER], -base[e / 2]));
-        }
-        // the row sums in four partial sums each (regrouped additions, as across the quad): one chain
-        // of NT dependent adds would hold the warp after its last ex2
+                    s[nt][e] = FOLD ? ex2(__fmaf_rn(s[nt][e], scale[gi], c[e / 2][gi]))
+                                    : ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[gi], -base[e / 2]));
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int r = 0; r < 2; ++r)
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) part[nt % 4] += s[nt][2 * r] + s[nt][2 * r + 1];
-            l[r] = l[r] * alpha[r] + ((part[0] + part[1]) + (part[2] + part[3]));
+                for (int i = 0; i < 4; ++i) {
+                    const float pair = s[4 * ks + i][2 * r] + s[4 * ks + i][2 * r + 1];
+                    part[r][i] = ks == 0 ? pair : part[r][i] + pair;
+                }
         }
     }
 
@@ -167,13 +185,14 @@ struct OnlineSoftmax {
                 bm = fmaxf(bm, SCALED ? __fmul_rn(gm, scale[gi]) : gm);
             }
             const float base = advance(r, bm, alpha);
-            float sum = 0.0f;
+            float sum;  // from the first pair (see exp_steps)
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                 for (int c = 2 * r; c < 2 * r + 2; ++c)
                     s[nt][c] = ex2(SCALED ? __fmaf_rn(s[nt][c], scale[nt / PER], -base) : s[nt][c] - base);
-                sum += s[nt][2 * r] + s[nt][2 * r + 1];
+                const float pair = s[nt][2 * r] + s[nt][2 * r + 1];
+                sum = nt == 0 ? pair : sum + pair;
             }
             l[r] = l[r] * alpha[r] + sum;
         }

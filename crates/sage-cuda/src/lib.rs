@@ -163,8 +163,8 @@ type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
 
 /// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
-/// its own copies and runs its products in order, three CTAs per multiprocessor (two at kv_block =
-/// head dim = 128); `Trio` the pair with a third consumer warpgroup (160
+/// its own copies and runs its products in order, three CTAs per multiprocessor (at kv_block = head
+/// dim = 128 only without alignment slack: [`CudaBackend::wgmma_smem_slack`]); `Trio` the pair with a third consumer warpgroup (160
 /// registers per consumer, each running its products in order; at head dim 128 its P V in two halves
 /// of 64 channels); `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor
 /// looping over work items, so that the next item's loads and the last item's output copies overlap
@@ -187,10 +187,11 @@ impl WgmmaForm {
             WgmmaForm::Trio | WgmmaForm::TrioPersist => 192,
         }
     }
-    /// K/V ring depth (`WgForm::STAGES`).
-    fn stages(self) -> usize {
+    /// K/V ring depth at head dim `dp` and kv_block `kvt` (`WgSmem::STAGES`).
+    fn stages(self, dp: usize, kvt: usize) -> usize {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist | WgmmaForm::Trio => 4,
+            WgmmaForm::Solo if dp == 128 && kvt == 128 => 2,
             WgmmaForm::Solo | WgmmaForm::TrioPersist => 3,
         }
     }
@@ -276,8 +277,23 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// stays). With f32 outputs, which the persistent forms store lane by lane rather than staged (never
 /// measured there), the trio elsewhere, whose gain is in the KV loop that f32 outputs share (not
 /// measured with f32); kv_block 64 takes kv_block 128's thresholds otherwise (not measured).
-fn auto_form(dp: usize, kvt: usize, seq_k: usize, causal: bool, out16: bool) -> WgmmaForm {
-    if dp == 64 && seq_k <= SOLO_MAX_KEYS && (kvt == 128 || causal || !out16) {
+/// At D = 128 and kv_block 128 the solo form (a 2-deep ring) fits three CTAs per multiprocessor only
+/// without the alignment slack (`solo3`, [`CudaBackend::wgmma_smem_slack`]); there, up to 1024 keys
+/// and with 16-bit outputs, it is ahead of the persistent pair (session 14, 1024 keys, kernel only:
+/// +3 %, causal +8 %; at 2048 keys -5 %, causal level).
+fn auto_form(
+    dp: usize,
+    kvt: usize,
+    seq_k: usize,
+    causal: bool,
+    out16: bool,
+    solo3: bool,
+) -> WgmmaForm {
+    let solo = match dp {
+        64 => kvt == 128 || causal || !out16,
+        _ => kvt == 128 && out16 && solo3,
+    };
+    if solo && seq_k <= SOLO_MAX_KEYS {
         WgmmaForm::Solo
     } else if out16 && dp > 64 && seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
@@ -295,15 +311,15 @@ const PERSIST_MAX_KEYS: usize = 1024;
 /// [`PERSIST_MAX_KEYS`] at D = 128, above [`SOLO_MAX_KEYS`] at D = 64).
 const TRIO_PERSIST_MAX_KEYS: usize = 2048;
 
-/// The longest key sequence that [`auto_form`] gives the solo form (D = 64).
+/// The longest key sequence that [`auto_form`] gives the solo form.
 const SOLO_MAX_KEYS: usize = 1024;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp><form suffix>`: the Q tile(s), K and V
 /// rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q tile),
-/// the persistent forms' staged 16-bit outputs, and 1024 bytes for the kernel to align its base
-/// (ABI.md, `WgSmem` in attn_wgmma.cu).
-fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
-    let (stages, nc, bufs) = (form.stages(), form.consumers(), form.bufs());
+/// the persistent forms' staged 16-bit outputs, and `slack` bytes for the kernel to align its base
+/// (ABI.md, `WgSmem` in attn_wgmma.cu; [`CudaBackend::wgmma_smem_slack`]).
+fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usize {
+    let (stages, nc, bufs) = (form.stages(dp, kvt), form.consumers(), form.bufs());
     let persist = form.persistent();
     bufs * form.rows() * dp
         + stages * 2 * kvt * dp
@@ -312,7 +328,7 @@ fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm) -> usize {
         + 4 * nc * 2 * kvt
         + bufs * 4 * 2 * dp
         + if persist { form.rows() * dp * 2 } else { 0 }
-        + 1024
+        + slack
 }
 
 /// The driver's CUDA version as 1000 * major + 10 * minor (0 if it does not say): launches with
@@ -364,6 +380,8 @@ pub struct CudaBackend {
     /// This backend's hold on the default pool's release threshold (`new`, unless
     /// `SAGE_CUDA_POOL_KEEP=0`): the last holder of a device puts the threshold back.
     pool: Option<PoolKeeper>,
+    /// The Hopper kernel's alignment slack, probed at its first use ([`Self::wgmma_smem_slack`]).
+    smem_slack: std::sync::OnceLock<usize>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -697,6 +715,7 @@ impl CudaBackend {
             sms,
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
             pool: None,
+            smem_slack: std::sync::OnceLock::new(),
         })
     }
 
@@ -723,7 +742,7 @@ impl CudaBackend {
 
     /// How many blocks of each Hopper attention entry (f16 output) the driver keeps resident on one
     /// multiprocessor, as (entry name, blocks); empty off Hopper. The solo form exists for its three
-    /// (two at kv_block = head dim = 128).
+    /// (two at kv_block = head dim = 128 where the kernel needs alignment slack).
     pub fn hopper_blocks_per_sm(&self) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
         if !self.wgmma {
@@ -738,7 +757,7 @@ impl CudaBackend {
                 WgmmaForm::TrioPersist,
             ] {
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
-                let smem = wgmma_smem_bytes(dp, kvt, form);
+                let smem = wgmma_smem_bytes(dp, kvt, form, self.wgmma_smem_slack(DType::F16));
                 // set up as launch_with does, so the figure is the one launches get
                 let f = self.function_for(Module::AttnWgmma, &name, smem as u32)?;
                 let blocks = f
@@ -748,6 +767,29 @@ impl CudaBackend {
             }
         }
         Ok(out)
+    }
+
+    /// The bytes the Hopper kernel gets beyond its plan to align its tiles to 1024 (ABI.md): none
+    /// where the driver starts its dynamic shared memory aligned, which the module's probe entry
+    /// tells (once per backend, in the build of `dtype`, the one the calling run loads anyway); 1024
+    /// where it does not, or where the probe could not run. The solo form at kv_block = head dim =
+    /// 128 fits three blocks per multiprocessor only without it.
+    pub fn wgmma_smem_slack(&self, dtype: DType) -> usize {
+        *self
+            .smem_slack
+            .get_or_init(|| match self.probe_smem_start(dtype) {
+                Ok(0) => 0,
+                _ => 1024,
+            })
+    }
+
+    fn probe_smem_start(&self, dtype: DType) -> Result<u32> {
+        let out = self.alloc(4)?;
+        let name = format!("attn_wgmma_smem_probe_{}", dtype_suffix(dtype));
+        let args = [self.ptr(&out)];
+        self.launch_with(Module::AttnWgmma, &name, [1, 1, 1], 32, 1024, &[], &args)?;
+        let bytes = self.read(&out, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
     fn function(&self, module: Module, name: &str) -> Result<CudaFunction> {
@@ -813,7 +855,7 @@ impl CudaBackend {
     /// Entry `name` of `module`, set up for `smem` bytes of dynamic shared memory: the limit raised
     /// past 48 KiB where needed, and all of the unified L1 as shared memory for the large ones and
     /// the Hopper kernel, so that as many blocks fit as their shared memory allows (the Hopper
-    /// kernel's solo form needs three per multiprocessor, two at kv_block = head dim = 128).
+    /// kernel's solo form needs three per multiprocessor).
     fn function_for(&self, module: Module, name: &str, smem: u32) -> Result<CudaFunction> {
         use sys::CUfunction_attribute_enum as A;
         let f = self.function(module, name)?;
@@ -1120,7 +1162,8 @@ impl CudaBackend {
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
             .unwrap_or_else(|| {
                 let out16 = p.dtype != DType::F32;
-                (auto_form(dp, kvt, p.seq_k, p.causal, out16), None)
+                let solo3 = self.wgmma_smem_slack(p.dtype) == 0;
+                (auto_form(dp, kvt, p.seq_k, p.causal, out16, solo3), None)
             });
         let maps = [
             self.tensor_map(
@@ -1169,7 +1212,7 @@ impl CudaBackend {
             &name,
             [ctas, 1, 1],
             form.threads(),
-            wgmma_smem_bytes(dp, kvt, form) as u32,
+            wgmma_smem_bytes(dp, kvt, form, self.wgmma_smem_slack(p.dtype)) as u32,
             &maps,
             &args,
         )
@@ -2026,41 +2069,53 @@ mod tests {
 
     #[test]
     fn auto_form_takes_solo_or_a_persistent_form_for_few_keys_and_the_trio_above() {
-        // (head dim, kv_block, keys, causal, 16-bit output)
-        let at = |dp, seq_k, out16| auto_form(dp, 128, seq_k, false, out16);
-        for dp in [64, 128] {
-            assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS, true), WgmmaForm::TrioPersist);
-            assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS + 1, true), WgmmaForm::Trio);
-            for out16 in [true, false] {
-                assert_eq!(at(dp, 16384, out16), WgmmaForm::Trio);
-                assert_eq!(auto_form(dp, 64, 16384, true, out16), WgmmaForm::Trio);
+        // (head dim, kv_block, keys, causal, 16-bit output, three solo CTAs per SM at D = 128)
+        for solo3 in [false, true] {
+            let at = |dp, seq_k, out16| auto_form(dp, 128, seq_k, false, out16, solo3);
+            for dp in [64, 128] {
+                assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS, true), WgmmaForm::TrioPersist);
+                assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS + 1, true), WgmmaForm::Trio);
+                for out16 in [true, false] {
+                    assert_eq!(at(dp, 16384, out16), WgmmaForm::Trio);
+                    for causal in [false, true] {
+                        let f = auto_form(dp, 64, 16384, causal, out16, solo3);
+                        assert_eq!(f, WgmmaForm::Trio);
+                    }
+                }
             }
-        }
-        // D 128: the persistent pair up to 1024 keys
-        assert_eq!(at(128, 1, true), WgmmaForm::Persist);
-        assert_eq!(at(128, PERSIST_MAX_KEYS, true), WgmmaForm::Persist);
-        assert_eq!(at(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
-        assert_eq!(at(128, 1024, false), WgmmaForm::Trio);
-        // D 64: the solo form up to 1024 keys, any output type; at kv_block 64 with 16-bit outputs
-        // only under a causal mask
-        for out16 in [true, false] {
-            assert_eq!(at(64, 1, out16), WgmmaForm::Solo);
-            assert_eq!(at(64, SOLO_MAX_KEYS, out16), WgmmaForm::Solo);
-            assert_eq!(
-                auto_form(64, 64, SOLO_MAX_KEYS, true, out16),
+            // D 128: up to 1024 keys with 16-bit outputs the solo form where three of its CTAs fit,
+            // else the persistent pair; kv_block 64 keeps the persistent pair (not measured)
+            let short = if solo3 {
                 WgmmaForm::Solo
-            );
+            } else {
+                WgmmaForm::Persist
+            };
+            for causal in [false, true] {
+                for seq_k in [1, SOLO_MAX_KEYS] {
+                    assert_eq!(auto_form(128, 128, seq_k, causal, true, solo3), short);
+                    assert_eq!(
+                        auto_form(128, 64, seq_k, causal, true, solo3),
+                        WgmmaForm::Persist
+                    );
+                }
+            }
+            assert_eq!(at(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
+            assert_eq!(at(128, 1024, false), WgmmaForm::Trio);
+            // D 64: the solo form up to 1024 keys, any output type; at kv_block 64 with 16-bit
+            // outputs only under a causal mask
+            for out16 in [true, false] {
+                assert_eq!(at(64, 1, out16), WgmmaForm::Solo);
+                assert_eq!(at(64, SOLO_MAX_KEYS, out16), WgmmaForm::Solo);
+                let f = auto_form(64, 64, SOLO_MAX_KEYS, true, out16, solo3);
+                assert_eq!(f, WgmmaForm::Solo);
+            }
+            let f = auto_form(64, 64, SOLO_MAX_KEYS, false, true, solo3);
+            assert_eq!(f, WgmmaForm::TrioPersist);
+            let f = auto_form(64, 64, SOLO_MAX_KEYS, false, false, solo3);
+            assert_eq!(f, WgmmaForm::Solo);
+            assert_eq!(at(64, SOLO_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
+            assert_eq!(at(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
         }
-        assert_eq!(
-            auto_form(64, 64, SOLO_MAX_KEYS, false, true),
-            WgmmaForm::TrioPersist
-        );
-        assert_eq!(
-            auto_form(64, 64, SOLO_MAX_KEYS, false, false),
-            WgmmaForm::Solo
-        );
-        assert_eq!(at(64, SOLO_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
-        assert_eq!(at(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
     }
 
     #[test]
@@ -2121,23 +2176,28 @@ mod tests {
     fn hopper_kernel_fits_shared_memory() {
         // ABI.md's figures for the largest instantiations; sm_90 allows 227 KiB per block and 228 KiB
         // per multiprocessor, 1 KiB of which each resident block reserves
-        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Pair), 152_720);
-        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Solo), 110_192);
-        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Persist), 202_944);
+        let at = |dp, kvt, form| wgmma_smem_bytes(dp, kvt, form, 1024);
+        assert_eq!(at(128, 128, WgmmaForm::Pair), 152_720);
+        assert_eq!(at(128, 128, WgmmaForm::Solo), 77_392);
+        assert_eq!(at(128, 128, WgmmaForm::Persist), 202_944);
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
-            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
-            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Persist) <= 227 * 1024);
-            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::Trio) <= 227 * 1024);
-            assert!(wgmma_smem_bytes(dp, kvt, WgmmaForm::TrioPersist) <= 227 * 1024);
-            // three solo blocks per multiprocessor, two at kv_block = head dim = 128
-            let solo_blocks = if dp * kvt >= 128 * 128 { 2 } else { 3 };
-            assert!(
-                solo_blocks * (wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo) + 1024) <= 228 * 1024
-            );
+            assert!(at(dp, kvt, WgmmaForm::Pair) <= 227 * 1024);
+            assert!(at(dp, kvt, WgmmaForm::Persist) <= 227 * 1024);
+            assert!(at(dp, kvt, WgmmaForm::Trio) <= 227 * 1024);
+            assert!(at(dp, kvt, WgmmaForm::TrioPersist) <= 227 * 1024);
+            // three solo blocks per multiprocessor; at kv_block = head dim = 128 only without the
+            // alignment slack (two with it)
+            let solo = |slack| wgmma_smem_bytes(dp, kvt, WgmmaForm::Solo, slack) + 1024;
+            assert!(3 * solo(0) <= 228 * 1024);
+            if dp * kvt >= 128 * 128 {
+                assert!(2 * solo(1024) <= 228 * 1024 && 3 * solo(1024) > 228 * 1024);
+            } else {
+                assert!(3 * solo(1024) <= 228 * 1024);
+            }
         }
-        assert_eq!(wgmma_smem_bytes(64, 128, WgmmaForm::Trio), 83_344);
-        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::Trio), 162_448);
-        assert_eq!(wgmma_smem_bytes(128, 128, WgmmaForm::TrioPersist), 204_448);
+        assert_eq!(at(64, 128, WgmmaForm::Trio), 83_344);
+        assert_eq!(at(128, 128, WgmmaForm::Trio), 162_448);
+        assert_eq!(at(128, 128, WgmmaForm::TrioPersist), 204_448);
     }
 
     #[test]
