@@ -278,9 +278,11 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// measured there), the trio elsewhere, whose gain is in the KV loop that f32 outputs share (not
 /// measured with f32); kv_block 64 takes kv_block 128's thresholds otherwise (not measured).
 /// At D = 128 and kv_block 128 the solo form (a 2-deep ring) fits three CTAs per multiprocessor only
-/// without the alignment slack (`solo3`, [`CudaBackend::wgmma_smem_slack`]); there, up to 1024 keys
-/// and with 16-bit outputs, it is ahead of the persistent pair (session 14, 1024 keys, kernel only:
-/// +3 %, causal +8 %; at 2048 keys -5 %, causal level).
+/// without the alignment slack (`solo3`, [`CudaBackend::wgmma_smem_slack`]); there, up to 1024 keys,
+/// it is ahead of the persistent pair with 16-bit outputs (session 14, 1024 keys, kernel only: +3 %,
+/// causal +8 %; at 2048 keys -5 %, causal level) and of the trio with f32 outputs (512 and 1024
+/// keys, end to end: +6 to +8 %); at kv_block 64 (three CTAs whatever the slack) of the persistent
+/// pair (+4 to +5 %).
 fn auto_form(
     dp: usize,
     kvt: usize,
@@ -291,7 +293,7 @@ fn auto_form(
 ) -> WgmmaForm {
     let solo = match dp {
         64 => kvt == 128 || causal || !out16,
-        _ => kvt == 128 && out16 && solo3,
+        _ => kvt == 64 || solo3,
     };
     if solo && seq_k <= SOLO_MAX_KEYS {
         WgmmaForm::Solo
@@ -2083,24 +2085,25 @@ mod tests {
                     }
                 }
             }
-            // D 128: up to 1024 keys with 16-bit outputs the solo form where three of its CTAs fit,
-            // else the persistent pair; kv_block 64 keeps the persistent pair (not measured)
-            let short = if solo3 {
-                WgmmaForm::Solo
-            } else {
-                WgmmaForm::Persist
-            };
+            // D 128: up to 1024 keys the solo form at kv_block 64, and at 128 where three of its
+            // CTAs fit; else the persistent pair (16-bit outputs) or the trio (f32)
             for causal in [false, true] {
                 for seq_k in [1, SOLO_MAX_KEYS] {
-                    assert_eq!(auto_form(128, 128, seq_k, causal, true, solo3), short);
-                    assert_eq!(
-                        auto_form(128, 64, seq_k, causal, true, solo3),
-                        WgmmaForm::Persist
-                    );
+                    for out16 in [true, false] {
+                        let f = auto_form(128, 64, seq_k, causal, out16, solo3);
+                        assert_eq!(f, WgmmaForm::Solo);
+                        let f = auto_form(128, 128, seq_k, causal, out16, solo3);
+                        let other = if out16 {
+                            WgmmaForm::Persist
+                        } else {
+                            WgmmaForm::Trio
+                        };
+                        assert_eq!(f, if solo3 { WgmmaForm::Solo } else { other });
+                    }
                 }
             }
             assert_eq!(at(128, PERSIST_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
-            assert_eq!(at(128, 1024, false), WgmmaForm::Trio);
+            assert_eq!(at(128, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
             // D 64: the solo form up to 1024 keys, any output type; at kv_block 64 with 16-bit
             // outputs only under a causal mask
             for out16 in [true, false] {
