@@ -770,13 +770,14 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
 
 // attn_wgmma_smem_probe_{f16|bf16|f32}(u32* out): one thread writes where the CTA's dynamic shared
-// memory starts, modulo 1024, declared as in attn_wgmma; the host gives the entries no alignment slack
-// when that is 0 (ABI.md). One per dtype build, so it loads with the entries a process uses.
+// memory starts, modulo 1024 (declared with attn_wgmma's alignment, under its own name: one name for
+// two block-scope declarations draws NVRTC warning 1556); the host gives the entries no alignment
+// slack when that is 0 (ABI.md). One per dtype build, so it loads with the entries a process uses.
 #define SAGE_WGMMA_PROBE(DT)                                                 \
     extern "C" __global__ void attn_wgmma_smem_probe_##DT(u32* out) {      \
         grid_dependency_sync();                                              \
-        extern __shared__ __align__(1024) unsigned char smem_raw[];          \
-        if (threadIdx.x == 0) *out = smem_addr(smem_raw) & 1023u;            \
+        extern __shared__ __align__(1024) unsigned char smem_probe[];        \
+        if (threadIdx.x == 0) *out = smem_addr(smem_probe) & 1023u;          \
     }
 
 #ifdef SAGE_WANT_F16

@@ -508,7 +508,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
 }
 
 /// `sage kernels`: one line per (architecture, kernel file), `ok` and its size or the compiler's log,
-/// then ptxas's report on entries that spill or that it slowed down. The Hopper kernel must do neither:
+/// then ptxas's report on entries that spill or that it slowed down. No source may draw a warning
+/// from the compiler's front end (each is a FAIL line). The Hopper kernel must do neither:
 /// a serialized wgmma (ptxas C75xx) or a spill in its loop costs a large share of its speed, and only
 /// this report shows it without a GPU.
 fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
@@ -566,6 +567,10 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
                             "FAIL {arch:<7} {}: the Hopper kernel must neither spill nor serialize its wgmmas",
                             module.file()
                         );
+                    }
+                    for w in &report.compiler_warnings {
+                        failed += 1;
+                        println!("FAIL {arch:<7} {}: {w}", module.file());
                     }
                     if let Some(dir) = out {
                         let io = |e: std::io::Error| Error::Io {

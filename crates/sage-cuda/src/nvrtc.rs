@@ -262,11 +262,14 @@ pub struct PtxasReport {
     pub callee_spills: Vec<(String, u32)>,
     /// Performance notes that name no entry of this compilation (or no function at all).
     pub other_warnings: Vec<String>,
+    /// The front end's warnings (`file(line): warning #N-D: ...`), which the sources must not draw.
+    pub compiler_warnings: Vec<String>,
 }
 
 impl PtxasReport {
     /// Reads the `ptxas info` lines of an NVRTC log: "Compiling entry function 'NAME'" opens an
-    /// entry, then its spill and register lines; performance notes name their function.
+    /// entry, then its spill and register lines; performance notes name their function. The front
+    /// end's warnings are kept as they are.
     pub fn parse(log: &str) -> Self {
         let mut entries: Vec<EntryReport> = Vec::new();
         let quoted = |line: &str| line.split('\'').nth(1).map(str::to_string);
@@ -279,8 +282,11 @@ impl PtxasReport {
         // the function whose "Function properties" (stack and spills) follow: an entry, or a
         // non-inlined device function, whose figures are not the entry's
         let mut props_of = String::new();
+        let mut compiler_warnings = Vec::new();
         for line in log.lines() {
-            if line.contains("Compiling entry function") {
+            if line.contains(": warning #") {
+                compiler_warnings.push(line.trim().to_string());
+            } else if line.contains("Compiling entry function") {
                 if let Some(name) = quoted(line) {
                     entries.push(EntryReport {
                         name,
@@ -318,6 +324,7 @@ impl PtxasReport {
             entries,
             callee_spills,
             other_warnings,
+            compiler_warnings,
         }
     }
 }
@@ -625,6 +632,16 @@ ptxas info    : Used 168 registers, used 16 barriers, 8 bytes cumulative stack s
             "ptxas info    : (C7514) Potential Performance Loss: wgmma serialized in the function 'gone'\n",
         );
         assert_eq!(stray.other_warnings.len(), 1);
+        assert!(stray.compiler_warnings.is_empty());
         assert_eq!(PtxasReport::parse(""), PtxasReport::default());
+        // a front-end warning (two block-scope `extern __shared__` arrays of one name, session 14)
+        let front = PtxasReport::parse(
+            "attn_wgmma.cu(291): warning #1556-D: name linkage conflicts with previous declaration of \
+             variable \"smem_raw\" (declared at line 784)\n\
+             Remark: The warnings can be suppressed with \"-diag-suppress <warning-number>\"\n",
+        );
+        assert_eq!(front.compiler_warnings.len(), 1);
+        assert!(front.compiler_warnings[0].starts_with("attn_wgmma.cu(291): warning #1556-D"));
+        assert!(front.entries.is_empty() && front.other_warnings.is_empty());
     }
 }
