@@ -106,8 +106,9 @@ struct __align__(64) TmaMap {
 __host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes == 128 ? 1u : 2u; }
 
 // Shared-memory plan (bytes from a 1024-aligned base): Q (x BUFS) | K ring | V ring | mbarriers | qm |
-// dS | sv, vm (x BUFS) | [persistent] staged outputs. The host asks for `BYTES + 1024` of dynamic
-// shared memory (ABI.md) and the kernel aligns the base.
+// dS | sv, vm (x BUFS) | [persistent] staged outputs. The host asks for `BYTES + slack` of dynamic
+// shared memory (slack 1024, or 0 where its probe found the start aligned: ABI.md) and the kernel
+// aligns the base.
 template <int DP, int KVT, int NC, bool PERSIST = false>
 struct WgSmem {
     typedef WgForm<NC, PERSIST> F;
@@ -384,7 +385,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 
     if (tid == 0) {
         // The host asks for no alignment slack where its probe found the dynamic shared memory
-        // aligned (ABI.md): should that ever not hold, stop rather than write past the allocation.
+        // aligned (ABI.md): should that ever not hold, stop rather than write past the allocation
+        // (the trap ends the CUDA context, as any device-side fault would: never a wrong answer).
         if (base - smem_addr(smem_raw) + L::BYTES > dynamic_smem_bytes()) __trap();
         for (int b = 0; b < F::BUFS; ++b) {
             mbar_init(q_full(b), 1);

@@ -164,9 +164,9 @@ type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
 /// The Hopper kernel's CTA form (attn_wgmma.cu): `Pair` is a producer warpgroup and two consumer
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
 /// its own copies and runs its products in order, three CTAs per multiprocessor (at kv_block = head
-/// dim = 128 only without alignment slack: [`CudaBackend::wgmma_smem_slack`]); `Trio` the pair with a third consumer warpgroup (160
-/// registers per consumer, each running its products in order; at head dim 128 its P V in two halves
-/// of 64 channels); `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor
+/// dim = 128 only without alignment slack: [`CudaBackend::wgmma_smem_slack`]); `Trio` the pair with
+/// a third consumer warpgroup (160 registers per consumer, each running its products in order; at
+/// head dim 128 its P V in two halves of 64 channels); `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor
 /// looping over work items, so that the next item's loads and the last item's output copies overlap
 /// the consumers' work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,7 +282,8 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// it is ahead of the persistent pair with 16-bit outputs (session 14, 1024 keys, kernel only: +3 %,
 /// causal +8 %; at 2048 keys -5 %, causal level) and of the trio with f32 outputs (512 and 1024
 /// keys, end to end: +6 to +8 %); at kv_block 64 (three CTAs whatever the slack) of the persistent
-/// pair (+4 to +5 %).
+/// pair with 16-bit outputs (+4 to +5 %), and taken there with f32 outputs too (not measured against
+/// the trio).
 fn auto_form(
     dp: usize,
     kvt: usize,
@@ -743,7 +744,8 @@ impl CudaBackend {
     }
 
     /// How many blocks of each Hopper attention entry (f16 output) the driver keeps resident on one
-    /// multiprocessor, as (entry name, blocks); empty off Hopper. The solo form exists for its three
+    /// multiprocessor, as (entry name, blocks); empty off Hopper. Loads the f16 attention module (and
+    /// probes the alignment slack, [`Self::wgmma_smem_slack`]). The solo form exists for its three
     /// (two at kv_block = head dim = 128 where the kernel needs alignment slack).
     pub fn hopper_blocks_per_sm(&self) -> Result<Vec<(String, u32)>> {
         let mut out = Vec::new();
@@ -773,16 +775,21 @@ impl CudaBackend {
 
     /// The bytes the Hopper kernel gets beyond its plan to align its tiles to 1024 (ABI.md): none
     /// where the driver starts its dynamic shared memory aligned, which the module's probe entry
-    /// tells (once per backend, in the build of `dtype`, the one the calling run loads anyway); 1024
-    /// where it does not, or where the probe could not run. The solo form at kv_block = head dim =
-    /// 128 fits three blocks per multiprocessor only without it.
+    /// tells; 1024 where it does not. The first call that gets an answer keeps it for the backend:
+    /// it loads (and, with a cold cache, compiles) the attention module of `dtype`, the one the
+    /// calling run loads anyway, launches the probe and waits for it. A probe that fails (a full
+    /// device, say) answers 1024 for this call only and is tried again by the next. The solo form at
+    /// kv_block = head dim = 128 fits three blocks per multiprocessor only without slack.
     pub fn wgmma_smem_slack(&self, dtype: DType) -> usize {
-        *self
-            .smem_slack
-            .get_or_init(|| match self.probe_smem_start(dtype) {
-                Ok(0) => 0,
-                _ => 1024,
-            })
+        if let Some(&slack) = self.smem_slack.get() {
+            return slack;
+        }
+        match self.probe_smem_start(dtype) {
+            Ok(start) => *self
+                .smem_slack
+                .get_or_init(|| if start == 0 { 0 } else { 1024 }),
+            Err(_) => 1024,
+        }
     }
 
     fn probe_smem_start(&self, dtype: DType) -> Result<u32> {
