@@ -61,10 +61,28 @@ pub struct BenchPlan {
     pub granularity: Granularity,
     /// The online-softmax block (None: the backend's default for each mode).
     pub kv_block: Option<usize>,
+    /// Smoothing and rotation, as in [`AttentionParams`] (`smooth_q` None: the mode's default).
+    pub smooth_q: Option<bool>,
+    pub smooth_v: bool,
+    pub rotate: bool,
     pub dtype: DType,
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
+}
+
+/// The parameters of one timed call: the plan's options with this mode and mask.
+pub fn call_params(plan: &BenchPlan, mode: Mode, causal: bool) -> AttentionParams {
+    AttentionParams {
+        mode,
+        granularity: plan.granularity,
+        smooth_q: plan.smooth_q,
+        smooth_v: plan.smooth_v,
+        rotate: plan.rotate,
+        causal,
+        kv_block: plan.kv_block,
+        ..Default::default()
+    }
 }
 
 /// Operations of one call: 4·B·H·N²·D, halved for causal (FlashAttention's convention).
@@ -131,13 +149,7 @@ pub fn run(
                     progress(&format!("{label}: not on this device"));
                     continue;
                 }
-                let params = AttentionParams {
-                    mode,
-                    granularity: plan.granularity,
-                    causal,
-                    kv_block: plan.kv_block,
-                    ..Default::default()
-                };
+                let params = call_params(plan, mode, causal);
                 let t = backend.time_attention(&dq, &dk, &dv, &params, plan.warmup, plan.iters)?;
                 let o = ops(shape, causal);
                 records.push(BenchRecord {
@@ -374,6 +386,43 @@ pub fn plot(records: &[BenchRecord], path: &Path, title: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timed_calls_take_the_plan_options() {
+        // (`sage bench --smooth-q` was accepted and measured without smoothing until session 14)
+        let plan = BenchPlan {
+            shapes: vec![[1, 2, 64, 64]],
+            modes: vec![Mode::Int8Fp8],
+            causal: vec![true],
+            granularity: Granularity::PerThread,
+            kv_block: Some(64),
+            smooth_q: Some(true),
+            smooth_v: true,
+            rotate: true,
+            dtype: DType::F16,
+            warmup: 0,
+            iters: 1,
+            seed: 1,
+        };
+        let p = call_params(&plan, Mode::Int4Fp8, false);
+        assert_eq!(p.mode, Mode::Int4Fp8);
+        assert!(!p.causal);
+        assert_eq!(p.granularity, Granularity::PerThread);
+        assert_eq!(p.kv_block, Some(64));
+        assert_eq!(p.smooth_q, Some(true));
+        assert!(p.smooth_v && p.rotate);
+        let off = BenchPlan {
+            smooth_q: None,
+            smooth_v: false,
+            rotate: false,
+            ..plan
+        };
+        let p = call_params(&off, Mode::Int8Fp8, true);
+        assert_eq!(
+            (p.smooth_q, p.smooth_v, p.rotate, p.causal),
+            (None, false, false, true)
+        );
+    }
 
     fn rec(
         implementation: &str,

@@ -454,6 +454,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         causal,
         granularity: config.params.granularity,
         kv_block: config.params.kv_block,
+        smooth_q: config.params.smooth_q,
+        smooth_v: config.params.smooth_v,
+        rotate: config.params.rotate,
         dtype: args.dtype.parse().map_err(|e| Error::param("dtype", e))?,
         warmup: args.warmup,
         iters: args.iters,
@@ -490,8 +493,19 @@ fn bench(args: &BenchArgs) -> Result<()> {
             format!("default ({})", per_mode.join(", "))
         }
     };
+    // the options a run set beyond the defaults, so that the table says what it measured
+    let mut options = String::new();
+    if let Some(q) = plan.smooth_q {
+        options += &format!(", smooth_q {}", if q { "on" } else { "off" });
+    }
+    if plan.smooth_v {
+        options += ", smooth_v on";
+    }
+    if plan.rotate {
+        options += ", rotate on";
+    }
     println!(
-        "{} ({}), {} inputs, granularity {}, kv_block {kv_block}, median of {} calls after {} warm-up",
+        "{} ({}), {} inputs, granularity {}, kv_block {kv_block}{options}, median of {} calls after {} warm-up",
         caps.device,
         backend.name(),
         plan.dtype,
