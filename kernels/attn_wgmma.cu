@@ -114,7 +114,8 @@ struct WgSmem {
     typedef WgForm<NC, PERSIST> F;
     // The solo form at KVT = DP = 128 keeps two slots: three CTAs' 3 * 75 KiB (the 64 KiB ring, its
     // Q tile, the rest; no alignment slack where the driver's dynamic shared memory starts aligned,
-    // sage-cuda's `wgmma_smem_slack`) then fit the SM's 228 KiB, less 1 KiB per CTA; with three slots two.
+    // sage-cuda's `wgmma_smem_slack`) then fit the SM's 228 KiB, less 1 KiB per CTA; with three
+    // slots two.
     static constexpr int STAGES = NC == 1 && KVT == 128 && DP == 128 ? 2 : F::STAGES;
     static constexpr int Q_BYTES = F::Q_TILE * DP;
     static constexpr int K_BYTES = KVT * DP;

@@ -166,9 +166,9 @@ type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
 /// its own copies and runs its products in order, three CTAs per multiprocessor (at kv_block = head
 /// dim = 128 only without alignment slack: [`CudaBackend::wgmma_smem_slack`]); `Trio` the pair with
 /// a third consumer warpgroup (160 registers per consumer, each running its products in order; at
-/// head dim 128 its P V in two halves of 64 channels); `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor
-/// looping over work items, so that the next item's loads and the last item's output copies overlap
-/// the consumers' work.
+/// head dim 128 its P V in two halves of 64 channels); `Persist` and `TrioPersist` the pair and the
+/// trio with one CTA per multiprocessor looping over work items, so that the next item's loads and
+/// the last item's output copies overlap the consumers' work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
@@ -752,6 +752,7 @@ impl CudaBackend {
         if !self.wgmma {
             return Ok(out);
         }
+        let slack = self.wgmma_smem_slack(DType::F16);
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
             for form in [
                 WgmmaForm::Pair,
@@ -761,7 +762,7 @@ impl CudaBackend {
                 WgmmaForm::TrioPersist,
             ] {
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
-                let smem = wgmma_smem_bytes(dp, kvt, form, self.wgmma_smem_slack(DType::F16));
+                let smem = wgmma_smem_bytes(dp, kvt, form, slack);
                 // set up as launch_with does, so the figure is the one launches get
                 let f = self.function_for(Module::AttnWgmma, &name, smem as u32)?;
                 let blocks = f
@@ -1165,14 +1166,19 @@ impl CudaBackend {
     fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
         let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
         let kvt = p.kv_block;
+        // one answer for the form and the launch (a failed probe is not kept, so a second call here
+        // could probe again)
+        let slack = self.wgmma_smem_slack(p.dtype);
         let (form, cap) = self
             .wgmma_form
             .clone()
             .map_err(|reason| Error::param("SAGE_CUDA_WGMMA_CTA", reason))?
             .unwrap_or_else(|| {
                 let out16 = p.dtype != DType::F32;
-                let solo3 = self.wgmma_smem_slack(p.dtype) == 0;
-                (auto_form(dp, kvt, p.seq_k, p.causal, out16, solo3), None)
+                (
+                    auto_form(dp, kvt, p.seq_k, p.causal, out16, slack == 0),
+                    None,
+                )
             });
         let maps = [
             self.tensor_map(
@@ -1221,7 +1227,7 @@ impl CudaBackend {
             &name,
             [ctas, 1, 1],
             form.threads(),
-            wgmma_smem_bytes(dp, kvt, form, self.wgmma_smem_slack(p.dtype)) as u32,
+            wgmma_smem_bytes(dp, kvt, form, slack) as u32,
             &maps,
             &args,
         )
