@@ -650,14 +650,20 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             float sc[NT][4];
             float alpha[2];
             if (fused) {
-                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing
-                sm.update_biased(acc, sc, sqk, alpha);
+                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing; the
+                // solo form converts each dot with I2FP instead (+2 to +4 % at 1024 keys, the trio level
+                // or 1 % slower: BENCHMARKS.md, session 15)
+                if constexpr (NC == 1)
+                    sm.update_dots(acc, sc, sqk, alpha);
+                else
+                    sm.update_biased(acc, sc, sqk, alpha);
             } else {
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        float v = __fmul_rn(int_to_float_exact(acc[nt][e]), sqk[nt / 8]);
+                        const float x = NC == 1 ? dot_to_float(acc[nt][e]) : int_to_float_exact(acc[nt][e]);
+                        float v = __fmul_rn(x, sqk[nt / 8]);
                         if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
                         sc[nt][e] = v;
                     }

@@ -24,6 +24,10 @@
 SAGE_DEVICE float biased_dot(int n) { return __int_as_float(DOT_BIAS_BITS + n); }
 SAGE_DEVICE float unbias_dot(float f) { return __fsub_rn(f, DOT_BIAS); }
 SAGE_DEVICE float int_to_float_exact(int n) { return unbias_dot(biased_dot(n)); }
+// (float)n, exact for |n| < 2^24, as one I2FP on sm_89+: an ALU-pipe instruction, where the bias add
+// and the FADD or FFMA that use it take FMA-pipe slots, which wgmma shares (kernels/NOTES.md, session
+// 15). sm_80's I2F is quarter rate on the MUFU unit: the mma.sync kernel biases its accumulators.
+SAGE_DEVICE float dot_to_float(int n) { return __int2float_rn(n); }
 
 template <int NT>
 struct OnlineSoftmax {
@@ -99,6 +103,24 @@ struct OnlineSoftmax {
         return v[0];
     }
 
+    // update_biased's result (below) with each dot converted by dot_to_float and p = exp2(x * scale - base):
+    // no fold, so exactly update_scaled's logits (the solo form's softmax: BENCHMARKS.md, session 15).
+    template <int NS>
+    SAGE_DEVICE void update_dots(const int (&dot)[NT][4], float (&s)[NT][4], const float (&scale)[NS],
+                                 float (&alpha)[2]) {
+        float base[2];
+        const float no_c[2][NS] = {};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = dot_to_float(dot[nt][e]);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) base[r] = advance(r, dots_block_max<true>(dot, r, scale), alpha);
+        float part[2][4];
+        exp_steps<EXP_PLAIN>(s, scale, no_c, base, part);
+        add_parts(part, alpha);
+    }
+
     // `update_scaled` for the int32 dot products `dot` of an unmasked tile without dS; `s` receives
     // p (the biased values first). The block max is fl(max dot * scale), exactly update_scaled's, and
     // each p takes one FMA on the biased dot f = DOT_BIAS + dot, exp2(f * scale + c) with
@@ -110,9 +132,7 @@ struct OnlineSoftmax {
     template <int NS>
     SAGE_DEVICE void update_biased(const int (&dot)[NT][4], float (&s)[NT][4], const float (&scale)[NS],
                                    float (&alpha)[2]) {
-        constexpr int PER = NT / NS;
         constexpr float FOLD_LIMIT = 4096.0f;
-        static_assert(NT % 4 == 0 && PER % 4 == 0, "steps of four n-tiles inside one scale group");
         float base[2], c[2][NS];
         bool fold = true;
 #pragma unroll
@@ -121,12 +141,7 @@ struct OnlineSoftmax {
             for (int e = 0; e < 4; ++e) s[nt][e] = biased_dot(dot[nt][e]);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float bm = neg_inf();
-#pragma unroll
-            for (int gi = 0; gi < NS; ++gi)
-                bm = fmaxf(bm, __fmul_rn(int_to_float_exact(row_max_dot(dot, r, gi * PER, (gi + 1) * PER)),
-                                         scale[gi]));
-            base[r] = advance(r, bm, alpha);
+            base[r] = advance(r, dots_block_max<false>(dot, r, scale), alpha);
 #pragma unroll
             for (int gi = 0; gi < NS; ++gi) {
                 c[r][gi] = __fmaf_rn(-DOT_BIAS, scale[gi], -base[r]);
@@ -135,25 +150,47 @@ struct OnlineSoftmax {
         }
         float part[2][4];
         if (__all_sync(FULL_MASK, fold))
-            exp_steps<true>(s, scale, c, base, part);
+            exp_steps<EXP_FOLD>(s, scale, c, base, part);
         else
-            exp_steps<false>(s, scale, c, base, part);
+            exp_steps<EXP_UNBIAS>(s, scale, c, base, part);
+        add_parts(part, alpha);
+    }
+
+    // Row r's block max over the NS scale groups of a tile of dot products: the integer maxima as
+    // exact floats (I2FP, or through the bias) times their scale.
+    template <bool I2F, int NS>
+    SAGE_DEVICE static float dots_block_max(const int (&dot)[NT][4], int r, const float (&scale)[NS]) {
+        constexpr int PER = NT / NS;
+        float bm = neg_inf();
+#pragma unroll
+        for (int gi = 0; gi < NS; ++gi) {
+            const int m = row_max_dot(dot, r, gi * PER, (gi + 1) * PER);
+            bm = fmaxf(bm, __fmul_rn(I2F ? dot_to_float(m) : int_to_float_exact(m), scale[gi]));
+        }
+        return bm;
+    }
+
+    // l = l * alpha + the tile's four partial sums per row (exp_steps)
+    SAGE_DEVICE void add_parts(const float (&part)[2][4], const float (&alpha)[2]) {
 #pragma unroll
         for (int r = 0; r < 2; ++r)
             l[r] = l[r] * alpha[r] + ((part[r][0] + part[r][1]) + (part[r][2] + part[r][3]));
     }
 
-    // update_biased's exponentials, p = exp2(f * scale + c) on the biased dots f (FOLD) or
-    // exp2((f - DOT_BIAS) * scale - base), and the row sums in four partial sums per row (regrouped
+    // The exponentials of update_biased, p = exp2(f * scale + c) on the biased dots f (EXP_FOLD) or
+    // exp2((f - DOT_BIAS) * scale - base) (EXP_UNBIAS), and of update_dots, exp2(x * scale - base) on
+    // the dots' floats (EXP_PLAIN), and the row sums in four partial sums per row (regrouped
     // additions, as across the quad: one chain of NT dependent adds would hold the warp after its
     // last ex2), four n-tiles at a time. Written so, ptxas puts each step's adds between the next
     // steps' ex2s, which hold the MUFU unit 8 cycles each, instead of after the last one, where they
     // delayed the P V issue (BENCHMARKS.md, session 14). Each partial sum starts from its first pair:
     // 0 + x is not x for the compiler (x may be -0), so a zero start cost an add each.
-    template <bool FOLD, int NS>
+    enum { EXP_FOLD, EXP_UNBIAS, EXP_PLAIN };
+    template <int ARG, int NS>
     SAGE_DEVICE static void exp_steps(float (&s)[NT][4], const float (&scale)[NS], const float (&c)[2][NS],
                                       const float (&base)[2], float (&part)[2][4]) {
         constexpr int PER = NT / NS;
+        static_assert(NT % 4 == 0 && PER % 4 == 0, "steps of four n-tiles inside one scale group");
 #pragma unroll
         for (int ks = 0; ks < NT / 4; ++ks) {
             const int gi = 4 * ks / PER;
@@ -161,8 +198,9 @@ struct OnlineSoftmax {
             for (int nt = 4 * ks; nt < 4 * ks + 4; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    s[nt][e] = FOLD ? ex2(__fmaf_rn(s[nt][e], scale[gi], c[e / 2][gi]))
-                                    : ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[gi], -base[e / 2]));
+                    s[nt][e] = ARG == EXP_FOLD ? ex2(__fmaf_rn(s[nt][e], scale[gi], c[e / 2][gi]))
+                               : ARG == EXP_UNBIAS ? ex2(__fmaf_rn(unbias_dot(s[nt][e]), scale[gi], -base[e / 2]))
+                                                   : ex2(__fmaf_rn(s[nt][e], scale[gi], -base[e / 2]));
 #pragma unroll
             for (int r = 0; r < 2; ++r)
 #pragma unroll

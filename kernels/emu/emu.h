@@ -142,6 +142,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __int_as_float(int x) { return emu_from<float>((uint32_t)x); }
+inline float __int2float_rn(int x) { return (float)x; }
 inline float __uint_as_float(unsigned x) { return emu_from<float>(x); }
 inline unsigned __float_as_uint(float x) { return (unsigned)emu_bits(x); }
 using std::isfinite;

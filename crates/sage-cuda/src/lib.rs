@@ -283,7 +283,11 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// causal +8 %; at 2048 keys -5 %, causal level) and of the trio with f32 outputs (512 and 1024
 /// keys, end to end: +6 to +8 %); at kv_block 64 (three CTAs whatever the slack) of the persistent
 /// pair with 16-bit outputs (+4 to +5 %), and taken there with f32 outputs too (not measured against
-/// the trio).
+/// the trio). Under a causal mask the solo form runs up to [`SOLO_CAUSAL_MAX_KEYS`] (session 15, its
+/// softmax converting dots with I2FP, kernel only against the forms taken before: 2048 keys +5 % at
+/// D = 64 and +3 % at D = 128, 4096 keys +1.4 % and +3.7 %; 8192 keys -4.5 % and -0.5 %, 16384 -8 %
+/// and -2 %; measured at kv_block 128 with 16-bit outputs, taken at kv_block 64 and with f32 outputs
+/// too, not measured there).
 fn auto_form(
     dp: usize,
     kvt: usize,
@@ -296,7 +300,12 @@ fn auto_form(
         64 => kvt == 128 || causal || !out16,
         _ => kvt == 64 || solo3,
     };
-    if solo && seq_k <= SOLO_MAX_KEYS {
+    let solo_keys = if causal {
+        SOLO_CAUSAL_MAX_KEYS
+    } else {
+        SOLO_MAX_KEYS
+    };
+    if solo && seq_k <= solo_keys {
         WgmmaForm::Solo
     } else if out16 && dp > 64 && seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
@@ -316,6 +325,9 @@ const TRIO_PERSIST_MAX_KEYS: usize = 2048;
 
 /// The longest key sequence that [`auto_form`] gives the solo form.
 const SOLO_MAX_KEYS: usize = 1024;
+
+/// The longest key sequence that [`auto_form`] gives the solo form under a causal mask.
+const SOLO_CAUSAL_MAX_KEYS: usize = 4096;
 
 /// Dynamic shared memory of `attn_int8_fp8_wgmma_kv<kvt>_hd<dp><form suffix>`: the Q tile(s), K and V
 /// rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q tile),
@@ -2098,18 +2110,24 @@ mod tests {
                     }
                 }
             }
-            // D 128: up to 1024 keys the solo form at kv_block 64, and at 128 where three of its
-            // CTAs fit; else the persistent pair (16-bit outputs) or the trio (f32)
+            // D 128: up to 1024 keys (4096 under a causal mask) the solo form at kv_block 64, and at
+            // 128 where three of its CTAs fit; else the persistent pair (16-bit outputs) or the trio
+            // (f32)
             for causal in [false, true] {
-                for seq_k in [1, SOLO_MAX_KEYS] {
+                let most = if causal {
+                    SOLO_CAUSAL_MAX_KEYS
+                } else {
+                    SOLO_MAX_KEYS
+                };
+                for seq_k in [1, SOLO_MAX_KEYS, most] {
                     for out16 in [true, false] {
                         let f = auto_form(128, 64, seq_k, causal, out16, solo3);
                         assert_eq!(f, WgmmaForm::Solo);
                         let f = auto_form(128, 128, seq_k, causal, out16, solo3);
-                        let other = if out16 {
-                            WgmmaForm::Persist
-                        } else {
-                            WgmmaForm::Trio
+                        let other = match (out16, seq_k) {
+                            (true, k) if k <= PERSIST_MAX_KEYS => WgmmaForm::Persist,
+                            (true, k) if k <= TRIO_PERSIST_MAX_KEYS => WgmmaForm::TrioPersist,
+                            _ => WgmmaForm::Trio,
                         };
                         assert_eq!(f, if solo3 { WgmmaForm::Solo } else { other });
                     }
@@ -2131,6 +2149,16 @@ mod tests {
             assert_eq!(f, WgmmaForm::Solo);
             assert_eq!(at(64, SOLO_MAX_KEYS + 1, true), WgmmaForm::TrioPersist);
             assert_eq!(at(64, SOLO_MAX_KEYS + 1, false), WgmmaForm::Trio);
+            // under a causal mask the solo form up to 4096 keys at D 64 (and at D 128 where it is
+            // taken at all), the trio past it
+            for (kvt, out16) in [(64, true), (128, true), (64, false), (128, false)] {
+                let f = auto_form(64, kvt, SOLO_CAUSAL_MAX_KEYS, true, out16, solo3);
+                assert_eq!(f, WgmmaForm::Solo);
+                let f = auto_form(64, kvt, SOLO_CAUSAL_MAX_KEYS + 1, true, out16, solo3);
+                assert_eq!(f, WgmmaForm::Trio);
+                let f = auto_form(128, kvt, SOLO_CAUSAL_MAX_KEYS + 1, true, out16, solo3);
+                assert_eq!(f, WgmmaForm::Trio);
+            }
         }
     }
 
