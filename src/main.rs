@@ -44,7 +44,8 @@ enum Command {
     Calibrate(Box<CalibrateArgs>),
     /// Compiles every CUDA kernel with NVRTC for an architecture (no GPU needed).
     Kernels {
-        /// sm_80, sm_86, sm_89 or sm_90a (repeatable).
+        /// The device's architecture as the backend builds for it: sm_80, sm_86, sm_89, sm_90a (not
+        /// sm_90), sm_100, sm_120, ... (repeatable).
         #[arg(long, required = true)]
         arch: Vec<String>,
         /// Write each CUBIN here (to ship; `--warm-cache` fills the cache itself).
@@ -613,12 +614,25 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The architectures the CUDA backend builds for (`sage_cuda::nvrtc::arch_for`): a compute
+/// capability of 8.0 or above as `sm_<major><minor>`, with sm_90a for 9.0 (its wgmma kernels need the
+/// `a` features). Whether NVRTC knows one is NVRTC's to say.
 fn check_archs(archs: &[String]) -> Result<()> {
-    let known = ["sm_80", "sm_86", "sm_89", "sm_90a"];
-    match archs.iter().find(|a| !known.contains(&a.as_str())) {
+    let builds_for = |arch: &str| {
+        arch == "sm_90a"
+            || arch
+                .strip_prefix("sm_")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 80 && n != 90 && arch == format!("sm_{n}"))
+    };
+    match archs.iter().find(|a| !builds_for(a)) {
         Some(arch) => Err(Error::param(
             "arch",
-            format!("`{arch}` is not one of {known:?}"),
+            format!(
+                "`{arch}` is not an architecture the CUDA backend builds for: sm_<major><minor> of a \
+                 compute capability 8.0 or above (sm_80, sm_86, sm_89, sm_100, sm_120, ...), and \
+                 sm_90a (not sm_90) for 9.0"
+            ),
         )),
         None => Ok(()),
     }

@@ -459,7 +459,13 @@ fn kernels_warm_cache_fills_the_cache_once() {
         ("SAGE_CUDA_CACHE_DIR", cache.to_str().unwrap_or_default()),
         ("SAGE_NVRTC_DIR", nvrtc_dir.as_str()),
     ];
-    for (arch, dtypes, named) in [("sm_80", "fp16", "fp16"), ("sm_70", "f16", "sm_70")] {
+    for (arch, dtypes, named) in [
+        ("sm_80", "fp16", "fp16"),
+        ("sm_70", "f16", "sm_70"),
+        ("sm_90", "f16", "sm_90"),
+        ("sm_0120", "f16", "sm_0120"),
+        ("compute_80", "f16", "compute_80"),
+    ] {
         let args = ["kernels", "--arch", arch, "--warm-cache", dtypes];
         let err = user_error(&sage(&args, &env, None), named);
         assert!(err.contains(named), "{err}");
@@ -509,5 +515,21 @@ fn kernels_warm_cache_fills_the_cache_once() {
     );
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(files(&cache), first);
+
+    // any compute capability from 8.0 up, as the backend names it (sm_90a for 9.0)
+    let cache120 = dir.join("cache120");
+    let env120 = [
+        ("SAGE_CUDA_CACHE_DIR", cache120.to_str().unwrap_or_default()),
+        ("SAGE_NVRTC_DIR", nvrtc_dir.as_str()),
+    ];
+    let args = ["kernels", "--arch", "sm_120", "--warm-cache", "f16"];
+    let out = sage(&args, &env120, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let built = files(&cache120);
+    assert_eq!(built.len(), 4, "{built:?}");
+    assert!(
+        built.iter().all(|(f, _)| f.contains("-sm_120-")),
+        "{built:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
