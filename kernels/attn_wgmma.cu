@@ -13,9 +13,10 @@
 //     slot is refilled as soon as the four warps release it), three CTAs per SM (at KVT = DP = 128
 //     with a 2-deep ring, and only where the host needs no alignment slack) at up to 168 registers,
 //     each running its products in order like the trio's consumers (at DP = 128 the P V in two
-//     halves). Its CTAs share nothing; up to 1024 keys ahead of the persistent trio at DP = 64 and
-//     of the persistent pair at DP = 128, under a causal mask most of all (BENCHMARKS.md, sessions
-//     13 and 14), where the host takes it.
+//     halves), its softmax converting the dots with I2FP (update_dots). Its CTAs share nothing; up to
+//     1024 keys ahead of the persistent trio at DP = 64 and of the persistent pair at DP = 128, and
+//     under a causal mask of the persistent trio and the trio up to 4096 keys (BENCHMARKS.md,
+//     sessions 13 to 15), where the host takes it.
 //   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
 //     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
 //     P V in two halves of 64 channels (PV_CH). Three consumer warps per scheduler instead of
@@ -651,8 +652,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             float alpha[2];
             if (fused) {
                 // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing; the
-                // solo form converts each dot with I2FP instead (+2 to +4 % at 1024 keys, the trio level
-                // or 1 % slower: BENCHMARKS.md, session 15)
+                // solo form converts each dot with I2FP instead (+2 to +4 % at 1024 keys; the trio so
+                // converted -1.7 to +0.8 %: BENCHMARKS.md, session 15)
                 if constexpr (NC == 1)
                     sm.update_dots(acc, sc, sqk, alpha);
                 else

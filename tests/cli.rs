@@ -468,7 +468,7 @@ fn kernels_warm_cache_fills_the_cache_once() {
     ] {
         let args = ["kernels", "--arch", arch, "--warm-cache", dtypes];
         let err = user_error(&sage(&args, &env, None), named);
-        assert!(err.contains(named), "{err}");
+        assert!(err.contains(&format!("`{named}`")), "{err}");
     }
     assert!(!cache.exists());
 

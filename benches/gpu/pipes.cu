@@ -4,8 +4,8 @@
 // in shared memory, as S = Q K^T; or e4m3 m64n64k32 with A from registers, as P V), warpgroups 1-2 a
 // loop of one kind of independent instruction (ex2, FFMA, FADD, 3-input IADD, I2FP); each warp times
 // itself with clock64. Every pair runs alone and together: a kind that leaves the wgmma loop's cycles
-// unchanged shares nothing with the tensor cores. The operands are garbage (zeros, a fixed byte): only
-// the timing is read.
+// unchanged shares nothing with the tensor cores. The operands are garbage (uninitialized shared
+// memory, a fixed byte in registers): only the timing is read.
 //
 // Build and run on an sm_90a GPU (not part of the Rust build):
 //   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -o pipes benches/gpu/pipes.cu && ./pipes

@@ -18,7 +18,8 @@
 // 128 * 127^2 < 2^21 for INT8 codes (INT4 less). Subtracting DOT_BIAS gives n exactly, the same value
 // as (float)n, and the biased values are ordered as the dots (one exponent), so a row max can be taken
 // on them. The mma.sync kernel gets them for free by starting its accumulators at DOT_BIAS_BITS
-// (mma_s8_from); the wgmma kernel adds the bits.
+// (mma_s8_from); the wgmma kernel's pair and trio add the bits (update_biased), its solo form
+// converts with dot_to_float (update_dots).
 #define DOT_BIAS_BITS 0x4B400000
 #define DOT_BIAS 12582912.0f
 SAGE_DEVICE float biased_dot(int n) { return __int_as_float(DOT_BIAS_BITS + n); }

@@ -319,11 +319,12 @@ fn auto_form(
 /// The longest key sequence that [`auto_form`] gives the persistent pair (16-bit outputs, D = 128).
 const PERSIST_MAX_KEYS: usize = 1024;
 
-/// The longest key sequence that [`auto_form`] gives the persistent trio (16-bit outputs; above
-/// [`PERSIST_MAX_KEYS`] at D = 128, above [`SOLO_MAX_KEYS`] at D = 64).
+/// The longest key sequence that [`auto_form`] gives the persistent trio (16-bit outputs, where the
+/// solo form is not taken: above [`PERSIST_MAX_KEYS`] at D = 128, above [`SOLO_MAX_KEYS`] at D = 64,
+/// above [`SOLO_CAUSAL_MAX_KEYS`] (so never) under a causal mask where the solo form is taken).
 const TRIO_PERSIST_MAX_KEYS: usize = 2048;
 
-/// The longest key sequence that [`auto_form`] gives the solo form.
+/// The longest key sequence that [`auto_form`] gives the solo form without a causal mask.
 const SOLO_MAX_KEYS: usize = 1024;
 
 /// The longest key sequence that [`auto_form`] gives the solo form under a causal mask.
@@ -2111,8 +2112,8 @@ mod tests {
                 }
             }
             // D 128: up to 1024 keys (4096 under a causal mask) the solo form at kv_block 64, and at
-            // 128 where three of its CTAs fit; else the persistent pair (16-bit outputs) or the trio
-            // (f32)
+            // 128 where three of its CTAs fit; else the persistent pair up to 1024 keys with 16-bit
+            // outputs, the trio otherwise
             for causal in [false, true] {
                 let most = if causal {
                     SOLO_CAUSAL_MAX_KEYS
@@ -2124,10 +2125,10 @@ mod tests {
                         let f = auto_form(128, 64, seq_k, causal, out16, solo3);
                         assert_eq!(f, WgmmaForm::Solo);
                         let f = auto_form(128, 128, seq_k, causal, out16, solo3);
-                        let other = match (out16, seq_k) {
-                            (true, k) if k <= PERSIST_MAX_KEYS => WgmmaForm::Persist,
-                            (true, k) if k <= TRIO_PERSIST_MAX_KEYS => WgmmaForm::TrioPersist,
-                            _ => WgmmaForm::Trio,
+                        let other = if out16 && seq_k <= PERSIST_MAX_KEYS {
+                            WgmmaForm::Persist
+                        } else {
+                            WgmmaForm::Trio
                         };
                         assert_eq!(f, if solo3 { WgmmaForm::Solo } else { other });
                     }
