@@ -350,8 +350,8 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
             u32 pf[2][4];
             p_to_e4m3_a(s, pf);
             stage_c(j, slot);  // (C): V_j landed; every warp is done with K_j and dS
-#if __CUDA_ARCH__ >= 900
-            // sm_90 has no e4m3 mma.sync datapath: ptxas expands each m16n8k32 e4m3 into operand
+#if SAGE_E4M3_MMA_EXPANDED
+            // sm_90 (to sm_11x) has no e4m3 mma.sync datapath: ptxas expands each m16n8k32 e4m3 into operand
             // conversions, two f16 HMMAs and f32 adds of their results (128 FADDs per warp and tile
             // at Dp = 128). Converting here and chaining the HMMAs through one accumulator gives the
             // same exact products (every E4M3 value is an f16 value) without the adds. Register i of
@@ -374,7 +374,7 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
                 u32 vb[4];
                 ldmatrix_x4(vb, v_tile + ((8 * ct + lane % 8) * VROW + (lane / 8) * 4) * 4);
                 float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // this tile's own accumulator
-#if __CUDA_ARCH__ >= 900
+#if SAGE_E4M3_MMA_EXPANDED
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {  // vb[i]: k32 step i / 2, its half i % 2
                     u32 b0, b1;
@@ -425,10 +425,11 @@ SAGE_DEVICE void attn_quant(const u8* __restrict__ q_codes, const float* __restr
 // registers (no spills, check_kernels.py) instead of 255 (2 CTAs); the other modes keep the plain
 // bound (a minBlocks of 1 changes ptxas's choices and made INT8-FP16 Dp = 128 spill).
 #define SAGE_LB_DEFAULT __launch_bounds__(ATT_THREADS)
-#if __CUDA_ARCH__ >= 900
+#if SAGE_E4M3_MMA_EXPANDED
 #define SAGE_LB_3CTA __launch_bounds__(ATT_THREADS, 3)
 #else
-// sm_89: ptxas spills a few bytes at 168 registers; keep 2 CTAs per SM there.
+// sm_89 (and sm_120, with the same QMMA path): ptxas spills a few bytes at 168 registers; keep 2
+// CTAs per SM there.
 #define SAGE_LB_3CTA __launch_bounds__(ATT_THREADS)
 #endif
 

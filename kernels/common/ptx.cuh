@@ -111,6 +111,11 @@ SAGE_DEVICE void mma_s4_from(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1, int
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
 }
 
+// Where ptxas expands mma.sync e4m3 into operand unpacks (F2FP), f16 HMMAs and f32 adds instead of one
+// QMMA: sm_90 to sm_11x (the SASS of NVRTC 13.0 for sm_90a, sm_100, sm_103 and sm_110; sm_89, sm_120
+// and sm_121 have the QMMA). The FP8 kernels feed those the f16 HMMAs themselves (attn_mma.cu).
+#define SAGE_E4M3_MMA_EXPANDED (__CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1200)
+
 #if __CUDA_ARCH__ >= 890
 // D += A * B, e4m3 x e4m3 -> f32, m16n8k32 (sm_89+).
 SAGE_DEVICE void mma_e4m3(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
