@@ -286,6 +286,10 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // channels, each merged into acc before the next (the same sums: channels are independent), so
     // that accumulator is 32 registers.
     constexpr int PV_CH = F::PIPE ? DP : 64;
+    // The solo form converts the int32 dot products with I2FP (dot_to_float, an ALU instruction), the
+    // others through the bias (the fold of update_biased): +2 to +4 % at 1024 keys for the solo form,
+    // -1.7 to +0.8 % for the trio so converted (BENCHMARKS.md, session 15).
+    constexpr bool DOTS_I2F = NC == 1;
     typedef typename OUT::T OutT;
     constexpr int RB = DP * (int)sizeof(OutT);  // bytes of an output row
     // whether the consumers' output rows fit where the form stages them (the trio's f32 rows at KVT = 64
@@ -651,10 +655,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             float sc[NT][4];
             float alpha[2];
             if (fused) {
-                // the max on the integers, p from biased dot products (softmax.cuh): no unbiasing; the
-                // solo form converts each dot with I2FP instead (+2 to +4 % at 1024 keys; the trio so
-                // converted -1.7 to +0.8 %: BENCHMARKS.md, session 15)
-                if constexpr (NC == 1)
+                // the max on the integers, p from the dots as floats (DOTS_I2F) or biased (softmax.cuh)
+                if constexpr (DOTS_I2F)
                     sm.update_dots(acc, sc, sqk, alpha);
                 else
                     sm.update_biased(acc, sc, sqk, alpha);
@@ -663,7 +665,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const float x = NC == 1 ? dot_to_float(acc[nt][e]) : int_to_float_exact(acc[nt][e]);
+                        const float x = DOTS_I2F ? dot_to_float(acc[nt][e]) : int_to_float_exact(acc[nt][e]);
                         float v = __fmul_rn(x, sqk[nt / 8]);
                         if (smooth) v = __fadd_rn(v, ds[8 * nt + 2 * t + (e & 1)]);
                         sc[nt][e] = v;

@@ -8,9 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::random::{Distribution, Rng, random_qkv};
-use crate::{
-    AttentionBackend, AttentionParams, DType, Error, Granularity, Layout, Mode, Result, Shape,
-};
+use crate::{AttentionBackend, AttentionParams, DType, Error, Layout, Mode, Result, Shape};
 
 /// One measurement, in `torch_sdpa.py`'s schema (`impl card B H N D causal dtype ms tops`) plus
 /// sage's own fields.
@@ -58,30 +56,24 @@ pub struct BenchPlan {
     pub shapes: Vec<[usize; 4]>,
     pub modes: Vec<Mode>,
     pub causal: Vec<bool>,
-    pub granularity: Granularity,
-    /// The online-softmax block (None: the backend's default for each mode).
-    pub kv_block: Option<usize>,
-    /// Smoothing and rotation, as in [`AttentionParams`] (`smooth_q` None: the mode's default).
-    pub smooth_q: Option<bool>,
-    pub smooth_v: bool,
-    pub rotate: bool,
+    /// The options every timed call shares: granularity, kv_block (None: the backend's default for
+    /// each mode), smoothing and rotation; [`call_params`] sets the mode and the mask per call.
+    pub params: AttentionParams,
     pub dtype: DType,
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
 }
 
-/// The parameters of one timed call: the plan's options with this mode and mask.
+/// The parameters of one timed call: the plan's options with this mode and mask (the default
+/// softmax scale, no log-sum-exp).
 pub fn call_params(plan: &BenchPlan, mode: Mode, causal: bool) -> AttentionParams {
     AttentionParams {
         mode,
-        granularity: plan.granularity,
-        smooth_q: plan.smooth_q,
-        smooth_v: plan.smooth_v,
-        rotate: plan.rotate,
         causal,
-        kv_block: plan.kv_block,
-        ..Default::default()
+        sm_scale: None,
+        return_lse: false,
+        ..plan.params
     }
 }
 
@@ -386,6 +378,7 @@ pub fn plot(records: &[BenchRecord], path: &Path, title: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Granularity;
 
     #[test]
     fn timed_calls_take_the_plan_options() {
@@ -394,11 +387,16 @@ mod tests {
             shapes: vec![[1, 2, 64, 64]],
             modes: vec![Mode::Int8Fp8],
             causal: vec![true],
-            granularity: Granularity::PerThread,
-            kv_block: Some(64),
-            smooth_q: Some(true),
-            smooth_v: true,
-            rotate: true,
+            params: AttentionParams {
+                granularity: Granularity::PerThread,
+                kv_block: Some(64),
+                smooth_q: Some(true),
+                smooth_v: true,
+                rotate: true,
+                sm_scale: Some(0.5),
+                return_lse: true,
+                ..Default::default()
+            },
             dtype: DType::F16,
             warmup: 0,
             iters: 1,
@@ -411,10 +409,14 @@ mod tests {
         assert_eq!(p.kv_block, Some(64));
         assert_eq!(p.smooth_q, Some(true));
         assert!(p.smooth_v && p.rotate);
+        assert_eq!((p.sm_scale, p.return_lse), (None, false));
         let off = BenchPlan {
-            smooth_q: None,
-            smooth_v: false,
-            rotate: false,
+            params: AttentionParams {
+                smooth_q: None,
+                smooth_v: false,
+                rotate: false,
+                ..plan.params
+            },
             ..plan
         };
         let p = call_params(&off, Mode::Int8Fp8, true);

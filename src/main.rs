@@ -453,11 +453,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         shapes: sage::bench::parse_shapes(args.shapes.as_deref().unwrap_or(default_shapes))?,
         modes,
         causal,
-        granularity: config.params.granularity,
-        kv_block: config.params.kv_block,
-        smooth_q: config.params.smooth_q,
-        smooth_v: config.params.smooth_v,
-        rotate: config.params.rotate,
+        params: config.params,
         dtype: args.dtype.parse().map_err(|e| Error::param("dtype", e))?,
         warmup: args.warmup,
         iters: args.iters,
@@ -483,7 +479,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for path in &args.baseline {
         records.extend(sage::bench::read_records(path)?);
     }
-    let kv_block = match plan.kv_block {
+    let kv_block = match plan.params.kv_block {
         Some(kv) => kv.to_string(),
         None => {
             let per_mode: Vec<String> = plan
@@ -496,13 +492,13 @@ fn bench(args: &BenchArgs) -> Result<()> {
     };
     // the options a run set beyond the defaults, so that the table says what it measured
     let mut options = String::new();
-    if let Some(q) = plan.smooth_q {
+    if let Some(q) = plan.params.smooth_q {
         options += &format!(", smooth_q {}", if q { "on" } else { "off" });
     }
-    if plan.smooth_v {
+    if plan.params.smooth_v {
         options += ", smooth_v on";
     }
-    if plan.rotate {
+    if plan.params.rotate {
         options += ", rotate on";
     }
     println!(
@@ -510,7 +506,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         caps.device,
         backend.name(),
         plan.dtype,
-        plan.granularity,
+        plan.params.granularity,
         plan.iters,
         plan.warmup
     );
@@ -618,12 +614,17 @@ fn kernels(archs: &[String], out: Option<&Path>) -> Result<()> {
 /// capability of 8.0 or above as `sm_<major><minor>`, with sm_90a for 9.0 (its wgmma kernels need the
 /// `a` features). Whether NVRTC knows one is NVRTC's to say.
 fn check_archs(archs: &[String]) -> Result<()> {
+    // the digits name a compute capability; the backend's own name for it must be the whole string
     let builds_for = |arch: &str| {
-        arch == "sm_90a"
-            || arch
-                .strip_prefix("sm_")
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|n| n >= 80 && n != 90 && arch == format!("sm_{n}"))
+        let digits: String = arch
+            .strip_prefix("sm_")
+            .unwrap_or_default()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse::<i32>()
+            .is_ok_and(|n| n >= 80 && sage_cuda::nvrtc::arch_for(n / 10, n % 10) == arch)
     };
     match archs.iter().find(|a| !builds_for(a)) {
         Some(arch) => Err(Error::param(
