@@ -49,18 +49,23 @@ fn quantize_v(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         aux[P.scale_offset + bh * dp + 4u * c4 + k] = scale[k];
     }
+    // One loop iteration per token, the four channels written out: a software driver's loop limit
+    // (lavapipe's 65535 back-edges per invocation, WgpuBackend::loop_budget) counts the iterations
+    // of inner loops too, and this walk and the absmax's must stay within 2 per token.
     for (var n = 0u; n < P.seq; n++) {
         let base = (bh * P.seq + n) * dp + 4u * c4;
         let x = vec4<f32>(src[base], src[base + 1u], src[base + 2u], src[base + 3u]) - vm;
-        var word = 0u;
-        for (var k = 0u; k < 4u; k++) {
-            var v = x[k] / scale[k];
-            // re-divide exactly only near a rounding tie (rare), and only where `/` is inexact
-            if (P.exact_div != 0u && e4m3_near_tie(v)) {
-                v = div_exact(x[k], scale[k]);
-            }
-            word |= e4m3_encode(v) << (8u * k);
-        }
-        codes[(bh * P.seq + n) * (dp / 4u) + c4] = word;
+        codes[(bh * P.seq + n) * (dp / 4u) + c4] = v_code(x.x, scale.x) | (v_code(x.y, scale.y) << 8u)
+            | (v_code(x.z, scale.z) << 16u) | (v_code(x.w, scale.w) << 24u);
     }
+}
+
+// The E4M3 code of x / s: `/`, re-divided exactly only near a rounding tie (rare), and only where
+// `/` is inexact.
+fn v_code(x: f32, s: f32) -> u32 {
+    var v = x / s;
+    if (P.exact_div != 0u && e4m3_near_tie(v)) {
+        v = div_exact(x, s);
+    }
+    return e4m3_encode(v);
 }

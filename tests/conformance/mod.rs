@@ -612,6 +612,34 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
             }
         }
     }
+    // long 16-bit V in an FP8 mode without smooth_v: CUDA on sm_90 spreads a head's channel slice over
+    // a cluster of 2, 4 or 8 CTAs (quantize_v_cols), each with its share of the tokens, and the
+    // channels' maxima must still be over all of them
+    for (seq_k, head_dim, dtype, layout) in [
+        (3000, 128, DType::F16, Layout::Hnd),
+        (9000, 64, DType::BF16, Layout::Nhd),
+        (17000, 128, DType::BF16, Layout::Hnd),
+    ] {
+        salt += 1;
+        let case = Case {
+            batch: 1,
+            heads_q: 2,
+            heads_kv: 1,
+            seq_q: 70,
+            seq_k,
+            head_dim,
+            dtype,
+            layout,
+        };
+        let p = params_for(Mode::Int8Fp8, Granularity::PerThread, false);
+        let what = describe(&case, &p);
+        if let Some(reason) = unsupported(backend, &case, &p) {
+            report.skipped.push(format!("{what}: {reason}"));
+            continue;
+        }
+        let (q, k, v) = case.inputs(salt, Distribution::KOutliers);
+        stage_vs_cpu(backend, &cpu, &what, [&q, &k, &v], &p, &mut report);
+    }
     // V channels of far apart magnitudes side by side (f32 and bf16: f16 cannot hold them): values
     // near 1e-38 (scales below 2^-128, whose f32 reciprocal overflows) next to scales above 2^40 in
     // every group of eight channels. A kernel that divides by a tiny scale through one pre-scale
