@@ -1165,9 +1165,15 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
 // amax without smooth_v. The codes are quantize_v_e4m3's: the correctly rounded V / sv
 // (div_for_e4m3, scaled by 2^64 where sv < 2^-100), E4M3 nearest even, saturating.
 //
-// Token n of the head is row vcol_row(n) of the staged slice, rows of 2 * CW bytes: the rows that
-// the lanes of one code load read (equal key of consecutive 16-key groups) then fall in different
-// banks. The swap stays inside a 16-key group, and N_pad is a multiple of 128.
+// Token n of the CTA's tokens is row vcol_row(n) of the staged slice, rows of 2 * CW bytes: the rows
+// that the lanes of one code load read (equal key of consecutive 16-key groups) then fall in
+// different banks. The swap stays inside a 16-key group, and N_pad / CL is a multiple of 16.
+//
+// Long heads (sm_90): a cluster of CL CTAs shares a slice, rank r staging tokens [r, r + 1) * N_pad
+// / CL, so that whole 32-byte sectors (CW = 16) still leave room for three CTAs per multiprocessor
+// (at CW = 8 two CTAs read each sector, and the L2 serves twice the DRAM bytes). The ranks' maxima
+// meet through distributed shared memory: one cluster barrier before the reads, and each CTA waits
+// for the others' reads before it exits (its shared memory must outlive them).
 #define VCOLS_THREADS 256
 
 template <int CW>
@@ -1177,23 +1183,25 @@ SAGE_DEVICE int vcol_row(int n) {
 
 template <class DT, int CW>
 SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn, int H, int N, int Dp,
-                                 float* sv, u8* vt, int* nonfinite, unsigned char* smem) {
+                                 int cl, float* sv, u8* vt, int* nonfinite, unsigned char* smem) {
     constexpr int CPT = CW / 8;     // 16-byte chunks of a token's slice
     constexpr int P = CW / 2;       // channel pairs (32-bit words) of a slice row
     constexpr int RB = 2 * CW;      // bytes per staged row
-    const int h = blockIdx.y, b = blockIdx.z, ch0 = blockIdx.x * CW;
+    const int h = blockIdx.y, b = blockIdx.z, ch0 = (int)(blockIdx.x / cl) * CW;
+    const int rank = (int)blockIdx.x % cl;  // = %cluster_ctarank: clusters of (cl, 1, 1)
     const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
     const i64 head = (i64)b * H + h;
-    const typename DT::T* base = v + (i64)b * sb + (i64)h * sh + ch0;
     const int npad = round_up(N, QUANT_TOKENS);
+    const int nt = npad / cl, t0 = rank * nt;  // the CTA's tokens
+    const typename DT::T* base = v + (i64)b * sb + (i64)h * sh + (i64)t0 * sn + ch0;
     const u32 s0 = smem_addr(smem);
-    u32* s_red = (u32*)(smem + npad * RB);  // [QUANT_WARPS][P] partial maxima, then [P] the slice's
-    // The slice in: chunk i is token i / CPT's chunk i % CPT (a thread's chunks share c = tid % CPT);
-    // tokens past N are zeros (codes 0).
-    for (int i = tid; i < npad * CPT; i += VCOLS_THREADS) {
+    u32* s_red = (u32*)(smem + nt * RB);  // [QUANT_WARPS][P] partial maxima, then [P] the CTA's
+    // The slice in: chunk i is token t0 + i / CPT's chunk i % CPT (a thread's chunks share c = tid %
+    // CPT); tokens past N are zeros (codes 0).
+    for (int i = tid; i < nt * CPT; i += VCOLS_THREADS) {
         const int n = i / CPT, c = i % CPT;
         const u32 dst = s0 + vcol_row<CW>(n) * RB + 16 * c;
-        if (n < N) cp_async_16(dst, base + (i64)n * sn + 8 * c);
+        if (t0 + n < N) cp_async_16(dst, base + (i64)n * sn + 8 * c);
         else *(U32x4*)(smem + (dst - s0)) = U32x4{0u, 0u, 0u, 0u};
     }
     cp_async_commit();
@@ -1201,12 +1209,12 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     // The thread's own chunks (no barrier needed: its copies landed): channel-pair maxima of |v| as
     // bit patterns, and the non-finite flag per token.
     u32 m[4] = {0u, 0u, 0u, 0u};
-    for (int i = tid; i < npad * CPT; i += VCOLS_THREADS) {
+    for (int i = tid; i < nt * CPT; i += VCOLS_THREADS) {
         const int n = i / CPT, c = i % CPT;
         const U32x4 x = *(const U32x4*)(smem + vcol_row<CW>(n) * RB + 16 * c);
         const u32 a0 = x.x & 0x7fff7fffu, a1 = x.y & 0x7fff7fffu, a2 = x.z & 0x7fff7fffu, a3 = x.w & 0x7fff7fffu;
         const u32 cm = __vmaxu2(__vmaxu2(a0, a1), __vmaxu2(a2, a3));
-        if (max_u32(cm & 0xffffu, cm >> 16) >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + n);
+        if (max_u32(cm & 0xffffu, cm >> 16) >= inf_bits16(DT())) flag_nonfinite(nonfinite, head * N + t0 + n);
         m[0] = __vmaxu2(m[0], a0);
         m[1] = __vmaxu2(m[1], a1);
         m[2] = __vmaxu2(m[2], a2);
@@ -1231,20 +1239,32 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     __syncthreads();
     // Thread: channel pair p (channels ch0 + 2p, + 1), 16-key groups g = tid / P + k * (256 / P).
     const int p = tid % P;
-    const u32 ab = s_red[QUANT_WARPS * P + p];
+    u32 ab = s_red[QUANT_WARPS * P + p];
+    if (cl > 1) {
+#if __CUDA_ARCH__ >= 900
+        cluster_arrive();
+        cluster_wait();  // every rank's maxima are in its shared memory
+        const u32 mine = smem_addr(&s_red[QUANT_WARPS * P + p]);
+        for (int r = 0; r < cl; ++r)
+            if (r != rank) ab = __vmaxu2(ab, ld_cluster_u32(cluster_map(mine, (u32)r)));
+        cluster_arrive();  // this thread's reads are done (waited for before the exit)
+#else
+        __trap();  // clusters need sm_90; the host never asks for one below
+#endif
+    }
     float svp[2], rcp[2], pre[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
         const float amax = DT::load((u16)(e ? ab >> 16 : ab & 0xffffu));
         const float s = v_scale(amax);
-        if (tid < P) sv[head * Dp + ch0 + 2 * p + e] = s;
+        if (tid < P && rank == 0) sv[head * Dp + ch0 + 2 * p + e] = s;
         // V / sv = (V * pre) / (sv * pre) exactly for a power of two: 2^64 where 1 / sv would
         // overflow or lose precision (sv < 2^-100); |V| <= 448 sv keeps V * pre finite
         pre[e] = s < 7.8886091e-31f ? 18446744073709551616.0f : 1.0f;
         svp[e] = __fmul_rn(s, pre[e]);
         rcp[e] = __frcp_rn(svp[e]);
     }
-    for (int g = tid / P; g < npad / 16; g += VCOLS_THREADS / P) {
+    for (int g = tid / P; g < nt / 16; g += VCOLS_THREADS / P) {
         u32 x[16];
 #pragma unroll
         for (int j = 0; j < 16; ++j) x[j] = *(const u32*)(smem + vcol_row<CW>(16 * g + j) * RB + 4 * p);
@@ -1261,9 +1281,12 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
             }
             const U32x4 out{pair[0] | ((u32)pair[1] << 16), pair[2] | ((u32)pair[3] << 16),
                             pair[4] | ((u32)pair[5] << 16), pair[6] | ((u32)pair[7] << 16)};
-            *(U32x4*)(vt + (head * Dp + ch0 + 2 * p + e) * npad + 16 * g) = out;
+            *(U32x4*)(vt + (head * Dp + ch0 + 2 * p + e) * npad + t0 + 16 * g) = out;
         }
     }
+#if __CUDA_ARCH__ >= 900
+    if (cl > 1) cluster_wait();
+#endif
 }
 
 // ---- entry points ---------------------------------------------------------------------------------
@@ -1326,18 +1349,19 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
         SAGE_DP_DISPATCH(SAGE_QV16_CALL, DT)                                                                  \
     }
 
-// quantize_v_cols_{f16|bf16}: grid (Dp / cw, H, B), 256 threads, dynamic shared memory
-// round_up(N, 128) * 2 * cw + 4 * 9 * cw / 2 bytes, cw = 8 or 16 channels per CTA (ABI.md).
+// quantize_v_cols_{f16|bf16}: grid (Dp / cw * cl, H, B) in clusters of (cl, 1, 1), 256 threads,
+// dynamic shared memory round_up(N, 128) / cl * 2 * cw + 4 * 9 * cw / 2 bytes, cw = 8 or 16
+// channels per CTA, cl = 1 (or 2, 4, 8 on sm_90) CTAs per slice (ABI.md).
 #define SAGE_VCOLS_ENTRY(SUFFIX, DT)                                                                       \
     extern "C" __global__ void __launch_bounds__(VCOLS_THREADS, 2)                                          \
         quantize_v_cols_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
-                                 int Dp, int cw, float* sv, u8* vt, int* nonfinite) {                     \
+                                 int Dp, int cw, int cl, float* sv, u8* vt, int* nonfinite) {             \
         grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
         if (cw == 16)                                                                                     \
-            quantize_v_cols<DT, 16>(v, stride_b, stride_h, stride_n, H, N, Dp, sv, vt, nonfinite, s_dyn);  \
+            quantize_v_cols<DT, 16>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \
         else                                                                                              \
-            quantize_v_cols<DT, 8>(v, stride_b, stride_h, stride_n, H, N, Dp, sv, vt, nonfinite, s_dyn);   \
+            quantize_v_cols<DT, 8>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \
     }
 
 // quantize_q_rows_{f16|bf16}: grid (ceil(ceil(N / 128) / tpc), H, B), 256 threads, dynamic shared

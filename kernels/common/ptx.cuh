@@ -183,6 +183,27 @@ SAGE_DEVICE void cp_async_wait_group() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// ---- thread-block clusters (sm_90) -----------------------------------------------------------------
+#if __CUDA_ARCH__ >= 900
+// The cluster barrier in its two halves, executed by every thread of every CTA of the cluster. The
+// arrive releases this thread's earlier memory accesses (distributed shared memory reads included),
+// the wait acquires those of every thread that arrived: a wait after an arrive returns once all
+// have arrived.
+SAGE_DEVICE void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+SAGE_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// The address of this CTA's shared memory word `addr` in the same place of CTA `rank` of the cluster.
+SAGE_DEVICE u32 cluster_map(u32 addr, u32 rank) {
+    u32 r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+    return r;
+}
+SAGE_DEVICE u32 ld_cluster_u32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+#endif
+
 // ---- fast math -----------------------------------------------------------------------------------
 // 2^x with the hardware approximation (relative error ~2^-22; ALGORITHM.md allows exp2 to differ
 // from the CPU's at that level). ex2(-inf) = +0, which is how masked keys get p = 0.

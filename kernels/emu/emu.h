@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -26,8 +27,10 @@
 #define __CUDA_ARCH__ 900
 // one grid at a time: nothing to wait for (prelude.cuh, grid_dependency_sync)
 #define SAGE_HOST_EMULATOR 1
-// Dynamic shared memory: one static buffer per kernel (the emulator runs one block at a time).
-#define SAGE_DYNAMIC_SMEM(name) alignas(16) static unsigned char name[256 * 1024]
+// Dynamic shared memory: a static buffer per CTA of a cluster (the emulator runs one block, or one
+// cluster, at a time).
+#define EMU_DYN_SMEM (256 * 1024)
+#define SAGE_DYNAMIC_SMEM(name) unsigned char* name = emu_dyn_smem[emu_cluster_rank]
 #define SAGE_AMALGAMATED 1
 
 struct EmuDim3 {
@@ -46,6 +49,15 @@ struct CtaCtx {
 };
 inline thread_local CtaCtx* emu_ctx;
 inline thread_local int emu_lane, emu_warp;
+// Thread-block clusters (emu_launch_cluster): the cluster's barrier and its CTAs' dynamic shared memory.
+struct ClusterCtx {
+    std::unique_ptr<std::barrier<>> bar;
+    unsigned char* smem[8];
+};
+alignas(1024) inline unsigned char emu_dyn_smem[8][EMU_DYN_SMEM];
+inline thread_local ClusterCtx* emu_cluster;
+inline thread_local int emu_cluster_rank;
+inline thread_local std::optional<std::barrier<>::arrival_token> emu_cluster_token;
 inline std::mutex emu_atomic_mutex;
 inline std::atomic<long> emu_collectives{0};
 
@@ -195,6 +207,40 @@ inline void emu_launch(EmuDim3 grid, EmuDim3 block, const std::function<void()>&
                         fn();
                     });
                 }
+                for (auto& t : th) t.join();
+            }
+}
+
+// emu_launch for clusters of (cl, 1, 1): the cl CTAs of a cluster run at once.
+inline void emu_launch_cluster(EmuDim3 grid, EmuDim3 block, unsigned cl, const std::function<void()>& fn) {
+    gridDim = grid;
+    blockDim = block;
+    const int nt = block.x * block.y * block.z;
+    assert(nt % 32 == 0 && nt <= 256 && cl >= 1 && cl <= 8 && grid.x % cl == 0);
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; x += cl) {
+                ClusterCtx cluster;
+                cluster.bar = std::make_unique<std::barrier<>>(nt * cl);
+                std::vector<CtaCtx> ctx(cl);
+                for (unsigned r = 0; r < cl; ++r) {
+                    cluster.smem[r] = emu_dyn_smem[r];
+                    ctx[r].cta = std::make_unique<std::barrier<>>(nt);
+                }
+                std::vector<std::thread> th;
+                for (unsigned r = 0; r < cl; ++r)
+                    for (int t = 0; t < nt; ++t) {
+                        th.emplace_back([&, r, t] {
+                            threadIdx = EmuDim3{(unsigned)t, 0, 0};
+                            blockIdx = EmuDim3{x + r, y, z};
+                            emu_ctx = &ctx[r];
+                            emu_cluster = &cluster;
+                            emu_cluster_rank = (int)r;
+                            emu_lane = t % 32;
+                            emu_warp = t / 32;
+                            fn();
+                        });
+                    }
                 for (auto& t : th) t.join();
             }
 }

@@ -217,3 +217,21 @@ template <int N>
 SAGE_DEVICE void cp_async_wait_group() {}
 
 SAGE_DEVICE float ex2(float x) { return std::exp2(x); }
+
+// Clusters: emu_launch_cluster runs a cluster's CTAs at once, each with its own dynamic shared
+// memory (emu.h); the barrier is a real one over all their threads.
+SAGE_DEVICE void cluster_arrive() { emu_cluster_token = emu_cluster->bar->arrive(); }
+SAGE_DEVICE void cluster_wait() {
+    emu_cluster->bar->wait(std::move(*emu_cluster_token));
+    emu_cluster_token.reset();
+}
+SAGE_DEVICE u32 cluster_map(u32 addr, u32 rank) {
+    const uintptr_t own = (uintptr_t)emu_cluster->smem[emu_cluster_rank], at = emu_smem_base() + addr;
+    assert(at >= own && at < own + EMU_DYN_SMEM);  // only the dynamic shared memory is mapped
+    return (u32)((uintptr_t)emu_cluster->smem[rank] + (at - own) - emu_smem_base());
+}
+SAGE_DEVICE u32 ld_cluster_u32(u32 addr) {
+    u32 v;
+    memcpy(&v, emu_smem_ptr(addr), 4);
+    return v;
+}

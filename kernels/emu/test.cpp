@@ -325,19 +325,21 @@ static void run_case(const Case& cs) {
             }
         });
         // 7': quantize_v_cols where the host would take it (FP8 V without smooth_v, 16-bit input, D =
-        // Dp), at both slice widths: scales, codes and flag must equal kv_stats + quantize_v_e4m3's
+        // Dp), at both slice widths, alone and in clusters: scales, codes and flag must equal kv_stats +
+        // quantize_v_e4m3's
         if (fp8 && !p.smooth_v && cs.dt != F32 && D == Dp) {
-            for (int cw : {16, 8}) {
+            for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}, {16, 4}, {8, 8}}) {
                 std::vector<u8> rvt(vt.size(), 0xAA);
                 std::vector<float> rsv(sv.size(), -1.0f);
                 int rflag = INT_MAX;
-                emu_launch({(unsigned)(Dp / cw), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] {
+                emu_launch_cluster({(unsigned)(Dp / cw * cl), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, cl, [&] {
                     if (cs.dt == F16)
-                        quantize_v_cols_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, rsv.data(), rvt.data(), &rflag);
+                        quantize_v_cols_f16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, cl, rsv.data(), rvt.data(), &rflag);
                     else
-                        quantize_v_cols_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, rsv.data(), rvt.data(), &rflag);
+                        quantize_v_cols_bf16((const u16*)V.ptr(), V.sb, V.sh, V.sn, Hkv, Nk, Dp, cw, cl, rsv.data(), rvt.data(), &rflag);
                 });
-                const std::string lean = "quantize_v_cols (" + std::to_string(cw) + " channels)";
+                const std::string lean =
+                    "quantize_v_cols (" + std::to_string(cw) + " channels, clusters of " + std::to_string(cl) + ")";
                 check_same_stage(lean.c_str(), "kv_stats + quantize_v_e4m3", rvt, vt, rsv, sv, rflag, nonfinite[2]);
             }
         }
@@ -556,10 +558,10 @@ static void nonfinite_test() {
     // quantize_v_cols (16-bit V only): the same tokens from the bit-pattern maxima
     Tens V16 = make_tensor(B, Hkv, Nk, D, F16, NHD, z);
     poison(V16, 1, 0, 0, -INFINITY); poison(V16, 1, 1, 129, NAN);
-    for (int cw : {16, 8}) {
+    for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}}) {
         int nf3 = INT_MAX;
-        emu_launch({(unsigned)(Dp / cw), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, [&] { quantize_v_cols_f16((const u16*)V16.ptr(), V16.sb, V16.sh, V16.sn, Hkv, Nk, Dp, cw, sv.data(), vt.data(), &nf3); });
-        CHECK(nf3 == wv, "nonfinite flag quantize_v_cols (%d channels): %d", cw, nf3);
+        emu_launch_cluster({(unsigned)(Dp / cw * cl), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, cl, [&] { quantize_v_cols_f16((const u16*)V16.ptr(), V16.sb, V16.sh, V16.sn, Hkv, Nk, Dp, cw, cl, sv.data(), vt.data(), &nf3); });
+        CHECK(nf3 == wv, "nonfinite flag quantize_v_cols (%d channels, clusters of %d): %d", cw, cl, nf3);
     }
 }
 

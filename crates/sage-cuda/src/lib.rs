@@ -95,25 +95,44 @@ fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
 }
 
 /// quantize_v_cols (quant.cu) for Step 7 where it applies: FP8 V without smooth_v (the scales are
-/// then the channels' absmax alone), a lean input, and a head's
-/// slice of `cw` channels of every token fitting in shared memory. Returns `cw`: 16 channels (whole
-/// 32-byte sectors of each row) while the slice leaves room for two CTAs per multiprocessor, else 8;
-/// `force` (8 or 16, from `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
-fn v_cols_width(p: &Problem, v_ptr: Arg, nk_pad: usize, force: Option<usize>) -> Option<usize> {
-    let case = p.mode.is_fp8_pv() && !p.smooth_v && lean_input(p, v_ptr);
-    let fits = |cw: usize, limit: usize| v_cols_smem_bytes(nk_pad, cw) as usize <= limit * 1024;
-    match force {
-        Some(cw) => (case && fits(cw, 200)).then_some(cw),
-        None => [(16, 72), (8, 200)]
-            .into_iter()
-            .find(|&(cw, limit)| case && fits(cw, limit))
-            .map(|(cw, _)| cw),
+/// then the channels' absmax alone), a lean input, and a head's slice of `cw` channels of every
+/// token fitting in the shared memory of `cl` CTAs (a cluster, sm_90; `max_cl` is 1 where there are
+/// none). Returns `(cw, cl)`: 16 channels (whole 32-byte sectors of each row) before 8, each on the
+/// fewest CTAs whose share leaves room for three CTAs per multiprocessor (72 KiB); else 8 channels
+/// on one CTA up to 200 KiB; else None (the general path). `force` (8 or 16, from
+/// `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
+fn v_cols_plan(
+    p: &Problem,
+    v_ptr: Arg,
+    nk_pad: usize,
+    force: Option<usize>,
+    max_cl: usize,
+) -> Option<(usize, usize)> {
+    if !(p.mode.is_fp8_pv() && !p.smooth_v && lean_input(p, v_ptr)) {
+        return None;
     }
+    let fits = |cw: usize, cl: usize, limit: usize| {
+        v_cols_smem_bytes(nk_pad, cw, cl) as usize <= limit * 1024
+    };
+    let widths: &[usize] = match force {
+        Some(16) => &[16],
+        Some(_) => &[8],
+        None => &[16, 8],
+    };
+    let shared = widths.iter().find_map(|&cw| {
+        [1, 2, 4, 8]
+            .into_iter()
+            .find(|&cl| cl <= max_cl && fits(cw, cl, 72))
+            .map(|cl| (cw, cl))
+    });
+    let last = widths[widths.len() - 1];
+    shared.or_else(|| fits(last, 1, 200).then_some((last, 1)))
 }
 
-/// Dynamic shared memory of quantize_v_cols: the staged slice and the warps' partial maxima.
-fn v_cols_smem_bytes(nk_pad: usize, cw: usize) -> u32 {
-    (nk_pad * 2 * cw + 4 * 9 * cw / 2) as u32
+/// Dynamic shared memory of quantize_v_cols: the CTA's share of the staged slice and the warps'
+/// partial maxima.
+fn v_cols_smem_bytes(nk_pad: usize, cw: usize, cl: usize) -> u32 {
+    (nk_pad / cl * 2 * cw + 4 * 9 * cw / 2) as u32
 }
 
 /// Query rows per attention block.
@@ -383,6 +402,9 @@ pub struct CudaBackend {
     /// V's FP8 scales and codes by quantize_v_cols where it can: `SAGE_CUDA_V_COLS` `0` turns it
     /// off, `8` or `16` pins the slice width (`Some(Some(cw))`), anything else or unset is automatic.
     v_cols: Option<Option<usize>>,
+    /// The largest cluster quantize_v_cols may run on: 8 on sm_90 and later with driver 12.0 (launch
+    /// attributes), 1 (none) otherwise or with `SAGE_CUDA_V_CLUSTER=1`.
+    v_cluster: usize,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
     /// The quantization stage's kernels and the Hopper attention kernel launched as programmatic
@@ -728,6 +750,14 @@ impl CudaBackend {
                 Ok("16") => Some(Some(16)),
                 _ => Some(None),
             },
+            v_cluster: if cc.0 >= 9
+                && driver_version() >= 12_000
+                && std::env::var("SAGE_CUDA_V_CLUSTER").map_or(true, |v| v != "1")
+            {
+                8
+            } else {
+                1
+            },
             sms,
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
             pool: None,
@@ -919,7 +949,7 @@ impl CudaBackend {
         let f = self.function_for(module, name, smem)?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         if self.pdl && matches!(module, Module::Quant | Module::AttnWgmma) {
-            return self.launch_dependent(&f, name, grid, block, smem, maps, &slots);
+            return self.launch_ex(&f, name, grid, block, smem, maps, &slots, 1);
         }
         let mut builder = self.stream.launch_builder(&f);
         for m in maps {
@@ -939,11 +969,36 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `launch_with` for a kernel that starts with `grid_dependency_sync` (every entry of quant.cu and
-    /// attn_wgmma.cu): launched with the programmatic stream serialization attribute, so that the
-    /// driver may schedule it before the previous kernel in the stream has completed.
+    /// `launch_with` in clusters of `(cluster, 1, 1)` CTAs (sm_90; `grid[0]` a multiple of `cluster`),
+    /// for a quant.cu entry (a programmatic dependent launch where those are on).
+    fn launch_cluster(
+        &self,
+        name: &str,
+        grid: [usize; 3],
+        cluster: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
+            return Ok(());
+        }
+        if grid[0] > i32::MAX as usize || grid[1] > 65_535 || grid[2] > 65_535 {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                feature: format!("a grid of {grid:?} blocks for {name}"),
+            });
+        }
+        let f = self.function_for(Module::Quant, name, smem)?;
+        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        self.launch_ex(&f, name, grid, 256, smem, &[], &slots, cluster)
+    }
+
+    /// A launch through `cuLaunchKernelEx` (driver 12.0): a programmatic dependent launch where
+    /// those are on (`self.pdl`; every quant.cu and attn_wgmma.cu entry starts with
+    /// `grid_dependency_sync`), so that the driver may schedule the kernel before the previous one
+    /// in the stream has completed; in clusters of `(cluster, 1, 1)` where `cluster` > 1.
     #[allow(clippy::too_many_arguments)]
-    fn launch_dependent(
+    fn launch_ex(
         &self,
         f: &CudaFunction,
         name: &str,
@@ -952,6 +1007,7 @@ impl CudaBackend {
         smem: u32,
         maps: &[TensorMap],
         slots: &[u64],
+        cluster: u32,
     ) -> Result<()> {
         // the parameter list as cuLaunchKernelEx reads it: a pointer to each argument's value (a
         // 128-byte tensor map, or a scalar or pointer in the low bytes of a u64, as launch_builder
@@ -965,13 +1021,29 @@ impl CudaBackend {
                     .map(|s| s as *const u64 as *mut std::ffi::c_void),
             )
             .collect();
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
-            },
-        };
+        let mut attrs = Vec::with_capacity(2);
+        if self.pdl {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            });
+        }
+        if cluster > 1 {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                        x: cluster,
+                        y: 1,
+                        z: 1,
+                    },
+                },
+            });
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: grid[0] as u32,
             gridDimY: grid[1] as u32,
@@ -981,8 +1053,8 @@ impl CudaBackend {
             blockDimZ: 1,
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         // the raw call needs the context current on this thread, as launch_builder makes it
         self.ctx
@@ -1362,7 +1434,7 @@ impl CudaBackend {
         // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
         let v_cols = self
             .v_cols
-            .and_then(|force| v_cols_width(p, self.ptr(v.0), nk_pad, force));
+            .and_then(|force| v_cols_plan(p, self.ptr(v.0), nk_pad, force, self.v_cluster));
         if (fp8 || p.smooth_v) && v_cols.is_none() {
             stats(
                 v.0,
@@ -1482,7 +1554,7 @@ impl CudaBackend {
             )?;
         }
         // Step 7: V
-        if let Some(cw) = v_cols {
+        if let Some((cw, cl)) = v_cols {
             let args = [
                 self.ptr(v.0),
                 vs[0],
@@ -1492,19 +1564,26 @@ impl CudaBackend {
                 Arg::I32(nk as i32),
                 Arg::I32(dp as i32),
                 Arg::I32(cw as i32),
+                Arg::I32(cl as i32),
                 self.opt_ptr(&bufs.sv),
                 self.ptr(&bufs.vt),
                 flag(2),
             ];
-            self.launch_with(
-                Module::Quant,
-                &format!("quantize_v_cols_{dt}"),
-                [dp / cw, hk, b],
-                256,
-                v_cols_smem_bytes(nk_pad, cw),
-                &[],
-                &args,
-            )?;
+            let name = format!("quantize_v_cols_{dt}");
+            let smem = v_cols_smem_bytes(nk_pad, cw, cl);
+            if cl > 1 {
+                self.launch_cluster(&name, [dp / cw * cl, hk, b], cl as u32, smem, &args)?;
+            } else {
+                self.launch_with(
+                    Module::Quant,
+                    &name,
+                    [dp / cw, hk, b],
+                    256,
+                    smem,
+                    &[],
+                    &args,
+                )?;
+            }
             return Ok(bufs);
         }
         let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
@@ -2281,14 +2360,29 @@ mod tests {
             return_lse: false,
         };
         let ptr = Arg::Ptr(1 << 20);
-        // whole 32-byte pieces while two CTAs fit, then 16-byte ones, then the general path
-        assert_eq!(v_cols_width(&p, ptr, 1024, None), Some(16));
-        assert_eq!(v_cols_width(&p, ptr, 2048, None), Some(16));
-        assert_eq!(v_cols_width(&p, ptr, 4096, None), Some(8));
-        assert_eq!(v_cols_width(&p, ptr, 16384, None), None);
-        assert_eq!(v_cols_width(&p, ptr, 4096, Some(16)), Some(16));
-        assert_eq!(v_cols_width(&p, ptr, 8192, Some(16)), None);
-        assert_eq!(v_cols_smem_bytes(4096, 8), 4096 * 16 + 144);
+        // without clusters: whole 32-byte pieces while three CTAs fit, then 16-byte ones, up to one
+        // CTA's 200 KiB, then the general path
+        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 1);
+        assert_eq!(plan(1024, None), Some((16, 1)));
+        assert_eq!(plan(2048, None), Some((16, 1)));
+        assert_eq!(plan(4096, None), Some((8, 1)));
+        assert_eq!(plan(8192, None), Some((8, 1)));
+        assert_eq!(plan(16384, None), None);
+        assert_eq!(plan(4096, Some(16)), Some((16, 1)));
+        assert_eq!(plan(8192, Some(16)), None);
+        // in clusters (sm_90): 32-byte pieces on the fewest CTAs with three per multiprocessor
+        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 8);
+        assert_eq!(plan(2048, None), Some((16, 1)));
+        assert_eq!(plan(4096, None), Some((16, 2)));
+        assert_eq!(plan(8192, None), Some((16, 4)));
+        assert_eq!(plan(16384, None), Some((16, 8)));
+        assert_eq!(plan(32768, None), Some((8, 8)));
+        assert_eq!(plan(65536, None), None);
+        assert_eq!(plan(4096, Some(8)), Some((8, 1)));
+        assert_eq!(plan(32768, Some(16)), None);
+        assert_eq!(v_cols_smem_bytes(4096, 8, 1), 4096 * 16 + 144);
+        assert_eq!(v_cols_smem_bytes(16384, 16, 8), 2048 * 32 + 288);
+        assert!(3 * (v_cols_smem_bytes(16384, 16, 8) as usize + 1024) <= 228 * 1024);
         // smooth_v needs V's mean; f32 rows, D < Dp, INT8-FP16 and a misaligned buffer do not apply
         let cases = [
             (
@@ -2322,9 +2416,16 @@ mod tests {
             ),
         ];
         for (q, want) in cases {
-            assert_eq!(v_cols_width(&q, ptr, 1024, None), want, "{q:?}");
+            assert_eq!(
+                v_cols_plan(&q, ptr, 1024, None, 8),
+                want.map(|cw| (cw, 1)),
+                "{q:?}"
+            );
         }
-        assert_eq!(v_cols_width(&p, Arg::Ptr((1 << 20) + 8), 1024, None), None);
+        assert_eq!(
+            v_cols_plan(&p, Arg::Ptr((1 << 20) + 8), 1024, None, 8),
+            None
+        );
     }
 
     #[test]
