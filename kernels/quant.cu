@@ -1170,15 +1170,16 @@ SAGE_DEVICE void quantize_v_f16(const typename DT::T* v, i64 sb, i64 sh, i64 sn,
 // different banks. The swap stays inside a 16-key group, and N_pad / CL is a multiple of 16.
 //
 // Long heads (sm_90): a cluster of CL CTAs shares a slice, rank r staging tokens [r, r + 1) * N_pad
-// / CL, so that whole 32-byte sectors (CW = 16) still leave room for three CTAs per multiprocessor
-// (at CW = 8 two CTAs read each sector, and the L2 serves twice the DRAM bytes). The ranks' maxima
-// meet through distributed shared memory: one cluster barrier before the reads, and each CTA waits
-// for the others' reads before it exits (its shared memory must outlive them).
+// / CL (a multiple of 16), so that whole sectors (CW >= 16; at CW = 8 two CTAs read each one) still
+// leave room for three CTAs per multiprocessor. The ranks' maxima meet through distributed shared
+// memory: one cluster barrier before the reads, and each CTA waits for the others' reads before it
+// exits (its shared memory must outlive them). The host prefers CW = 32 (64-byte pieces of a row;
+// NOTES.md, session 16, for CW = 64, slower).
 #define VCOLS_THREADS 256
 
 template <int CW>
 SAGE_DEVICE int vcol_row(int n) {
-    return n ^ ((n >> 4) & (64 / CW - 1));  // 64 / CW rows of 2 CW bytes fill the 32 banks
+    return CW >= 64 ? n : n ^ ((n >> 4) & (64 / CW - 1));  // 64 / CW rows of 2 CW bytes fill the 32 banks
 }
 
 template <class DT, int CW>
@@ -1350,15 +1351,19 @@ SAGE_DEVICE void quantize_v_cols(const typename DT::T* v, i64 sb, i64 sh, i64 sn
     }
 
 // quantize_v_cols_{f16|bf16}: grid (Dp / cw * cl, H, B) in clusters of (cl, 1, 1), 256 threads,
-// dynamic shared memory round_up(N, 128) / cl * 2 * cw + 4 * 9 * cw / 2 bytes, cw = 8 or 16
-// channels per CTA, cl = 1 (or 2, 4, 8 on sm_90) CTAs per slice (ABI.md).
+// dynamic shared memory round_up(N, 128) / cl * 2 * cw + 4 * 9 * cw / 2 bytes, cw = 8, 16, 32 or
+// 64 channels per CTA (at most Dp), cl = 1 (or 2, 4, 8, 16 on sm_90) CTAs per slice (ABI.md).
 #define SAGE_VCOLS_ENTRY(SUFFIX, DT)                                                                       \
     extern "C" __global__ void __launch_bounds__(VCOLS_THREADS, 2)                                          \
         quantize_v_cols_##SUFFIX(const DT::T* v, i64 stride_b, i64 stride_h, i64 stride_n, int H, int N,    \
                                  int Dp, int cw, int cl, float* sv, u8* vt, int* nonfinite) {             \
         grid_dependency_sync();                                                                           \
         SAGE_DYNAMIC_SMEM(s_dyn);                                                                         \
-        if (cw == 16)                                                                                     \
+        if (cw == 64)                                                                                     \
+            quantize_v_cols<DT, 64>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \
+        else if (cw == 32)                                                                                \
+            quantize_v_cols<DT, 32>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \
+        else if (cw == 16)                                                                                \
             quantize_v_cols<DT, 16>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \
         else                                                                                              \
             quantize_v_cols<DT, 8>(v, stride_b, stride_h, stride_n, H, N, Dp, cl, sv, vt, nonfinite, s_dyn); \

@@ -52,9 +52,9 @@ inline thread_local int emu_lane, emu_warp;
 // Thread-block clusters (emu_launch_cluster): the cluster's barrier and its CTAs' dynamic shared memory.
 struct ClusterCtx {
     std::unique_ptr<std::barrier<>> bar;
-    unsigned char* smem[8];
+    unsigned char* smem[16];
 };
-alignas(1024) inline unsigned char emu_dyn_smem[8][EMU_DYN_SMEM];
+alignas(1024) inline unsigned char emu_dyn_smem[16][EMU_DYN_SMEM];
 inline thread_local ClusterCtx* emu_cluster;
 inline thread_local int emu_cluster_rank;
 inline thread_local std::optional<std::barrier<>::arrival_token> emu_cluster_token;
@@ -216,7 +216,7 @@ inline void emu_launch_cluster(EmuDim3 grid, EmuDim3 block, unsigned cl, const s
     gridDim = grid;
     blockDim = block;
     const int nt = block.x * block.y * block.z;
-    assert(nt % 32 == 0 && nt <= 256 && cl >= 1 && cl <= 8 && grid.x % cl == 0);
+    assert(nt % 32 == 0 && nt <= 256 && cl >= 1 && cl <= 16 && grid.x % cl == 0);
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; x += cl) {

@@ -328,7 +328,8 @@ static void run_case(const Case& cs) {
         // Dp), at both slice widths, alone and in clusters: scales, codes and flag must equal kv_stats +
         // quantize_v_e4m3's
         if (fp8 && !p.smooth_v && cs.dt != F32 && D == Dp) {
-            for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}, {16, 4}, {8, 8}}) {
+            for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}, {16, 4}, {8, 8}, {32, 2}, {64, 1}, {64, 4}, {32, 16}}) {
+                if (cw > Dp || (Nk + 127) / 128 * 128 % (16 * cl) != 0) continue;
                 std::vector<u8> rvt(vt.size(), 0xAA);
                 std::vector<float> rsv(sv.size(), -1.0f);
                 int rflag = INT_MAX;
@@ -558,7 +559,7 @@ static void nonfinite_test() {
     // quantize_v_cols (16-bit V only): the same tokens from the bit-pattern maxima
     Tens V16 = make_tensor(B, Hkv, Nk, D, F16, NHD, z);
     poison(V16, 1, 0, 0, -INFINITY); poison(V16, 1, 1, 129, NAN);
-    for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}}) {
+    for (auto [cw, cl] : {std::pair{16, 1}, {8, 1}, {16, 2}, {64, 2}, {32, 16}}) {
         int nf3 = INT_MAX;
         emu_launch_cluster({(unsigned)(Dp / cw * cl), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, cl, [&] { quantize_v_cols_f16((const u16*)V16.ptr(), V16.sb, V16.sh, V16.sn, Hkv, Nk, Dp, cw, cl, sv.data(), vt.data(), &nf3); });
         CHECK(nf3 == wv, "nonfinite flag quantize_v_cols (%d channels, clusters of %d): %d", cw, cl, nf3);

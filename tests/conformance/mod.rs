@@ -613,11 +613,13 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
         }
     }
     // long 16-bit V in an FP8 mode without smooth_v: CUDA on sm_90 spreads a head's channel slice over
-    // a cluster of 2, 4 or 8 CTAs (quantize_v_cols), each with its share of the tokens, and the
-    // channels' maxima must still be over all of them
+    // a cluster of up to 16 CTAs (quantize_v_cols), each with its share of the tokens, and the
+    // channels' maxima must still be over all of them (on the H200: 64 channels on 8 CTAs, 32 on
+    // 8, 64 on 16, 16 on 8)
     for (seq_k, head_dim, dtype, layout) in [
         (3000, 128, DType::F16, Layout::Hnd),
         (9000, 64, DType::BF16, Layout::Nhd),
+        (8192, 64, DType::F16, Layout::Nhd),
         (17000, 128, DType::BF16, Layout::Hnd),
     ] {
         salt += 1;

@@ -97,9 +97,10 @@ fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
 /// quantize_v_cols (quant.cu) for Step 7 where it applies: FP8 V without smooth_v (the scales are
 /// then the channels' absmax alone), a lean input, and a head's slice of `cw` channels of every
 /// token fitting in the shared memory of `cl` CTAs (a cluster, sm_90; `max_cl` is 1 where there are
-/// none). Returns `(cw, cl)`: 16 channels (whole 32-byte sectors of each row) before 8, each on the
-/// fewest CTAs whose share leaves room for three CTAs per multiprocessor (72 KiB); else 8 channels
-/// on one CTA up to 200 KiB; else None (the general path). `force` (8 or 16, from
+/// none). Returns `(cw, cl)`: the widest slice of 32, 16, 8 channels (32: a 64-byte piece of every
+/// row per copy; 64 measured slower, its stores less coalesced) on the fewest CTAs whose share
+/// leaves room for three CTAs per multiprocessor (72 KiB, a multiple of 16 tokens); else 8 channels
+/// on one CTA up to 200 KiB; else None (the general path). `force` (8, 16, 32 or 64, from
 /// `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
 fn v_cols_plan(
     p: &Problem,
@@ -114,19 +115,22 @@ fn v_cols_plan(
     let fits = |cw: usize, cl: usize, limit: usize| {
         v_cols_smem_bytes(nk_pad, cw, cl) as usize <= limit * 1024
     };
-    let widths: &[usize] = match force {
-        Some(16) => &[16],
-        Some(_) => &[8],
-        None => &[16, 8],
+    let widths: Vec<usize> = match force {
+        Some(cw) => vec![cw],
+        None => vec![32, 16, 8],
     };
+    let widths: Vec<usize> = widths
+        .into_iter()
+        .filter(|&cw| cw <= p.head_dim_padded)
+        .collect();
     let shared = widths.iter().find_map(|&cw| {
-        [1, 2, 4, 8]
+        [1, 2, 4, 8, 16]
             .into_iter()
-            .find(|&cl| cl <= max_cl && fits(cw, cl, 72))
+            .find(|&cl| cl <= max_cl && nk_pad.is_multiple_of(16 * cl) && fits(cw, cl, 72))
             .map(|cl| (cw, cl))
     });
-    let last = widths[widths.len() - 1];
-    shared.or_else(|| fits(last, 1, 200).then_some((last, 1)))
+    let last = *widths.last()?;
+    shared.or_else(|| (last <= 16 && fits(last, 1, 200)).then_some((last, 1)))
 }
 
 /// Dynamic shared memory of quantize_v_cols: the CTA's share of the staged slice and the warps'
@@ -402,8 +406,9 @@ pub struct CudaBackend {
     /// V's FP8 scales and codes by quantize_v_cols where it can: `SAGE_CUDA_V_COLS` `0` turns it
     /// off, `8` or `16` pins the slice width (`Some(Some(cw))`), anything else or unset is automatic.
     v_cols: Option<Option<usize>>,
-    /// The largest cluster quantize_v_cols may run on: 8 on sm_90 and later with driver 12.0 (launch
-    /// attributes), 1 (none) otherwise or with `SAGE_CUDA_V_CLUSTER=1`.
+    /// The largest cluster quantize_v_cols may run on: 16 on sm_90 and later with driver 12.0 (launch
+    /// attributes; above 8 a non-portable size, which Hopper allows), 1 (none) otherwise;
+    /// `SAGE_CUDA_V_CLUSTER=1|2|4|8` lowers it.
     v_cluster: usize,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
@@ -746,15 +751,14 @@ impl CudaBackend {
             k_rows: std::env::var("SAGE_CUDA_K_ROWS").map_or(true, |v| v != "0"),
             v_cols: match std::env::var("SAGE_CUDA_V_COLS").as_deref() {
                 Ok("0") => None,
-                Ok("8") => Some(Some(8)),
-                Ok("16") => Some(Some(16)),
+                Ok(w @ ("8" | "16" | "32" | "64")) => Some(w.parse().ok()),
                 _ => Some(None),
             },
-            v_cluster: if cc.0 >= 9
-                && driver_version() >= 12_000
-                && std::env::var("SAGE_CUDA_V_CLUSTER").map_or(true, |v| v != "1")
-            {
-                8
+            v_cluster: if cc.0 >= 9 && driver_version() >= 12_000 {
+                match std::env::var("SAGE_CUDA_V_CLUSTER").as_deref() {
+                    Ok(n @ ("1" | "2" | "4" | "8")) => n.parse().unwrap_or(1),
+                    _ => 16,
+                }
             } else {
                 1
             },
@@ -989,6 +993,13 @@ impl CudaBackend {
             });
         }
         let f = self.function_for(Module::Quant, name, smem)?;
+        if cluster > 8 {
+            f.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .map_err(|e| driver_error(name, e))?;
+        }
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         self.launch_ex(&f, name, grid, 256, smem, &[], &slots, cluster)
     }
@@ -2363,26 +2374,40 @@ mod tests {
         // without clusters: whole 32-byte pieces while three CTAs fit, then 16-byte ones, up to one
         // CTA's 200 KiB, then the general path
         let plan = |n, force| v_cols_plan(&p, ptr, n, force, 1);
-        assert_eq!(plan(1024, None), Some((16, 1)));
+        assert_eq!(plan(1024, None), Some((32, 1)));
         assert_eq!(plan(2048, None), Some((16, 1)));
         assert_eq!(plan(4096, None), Some((8, 1)));
         assert_eq!(plan(8192, None), Some((8, 1)));
         assert_eq!(plan(16384, None), None);
         assert_eq!(plan(4096, Some(16)), Some((16, 1)));
         assert_eq!(plan(8192, Some(16)), None);
-        // in clusters (sm_90): 32-byte pieces on the fewest CTAs with three per multiprocessor
-        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 8);
-        assert_eq!(plan(2048, None), Some((16, 1)));
-        assert_eq!(plan(4096, None), Some((16, 2)));
-        assert_eq!(plan(8192, None), Some((16, 4)));
-        assert_eq!(plan(16384, None), Some((16, 8)));
-        assert_eq!(plan(32768, None), Some((8, 8)));
-        assert_eq!(plan(65536, None), None);
+        // in clusters (sm_90): the widest pieces on the fewest CTAs with three per multiprocessor
+        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 16);
+        assert_eq!(plan(256, None), Some((32, 1)));
+        assert_eq!(plan(1024, None), Some((32, 1)));
+        assert_eq!(plan(4096, None), Some((32, 4)));
+        assert_eq!(plan(8192, None), Some((32, 8)));
+        assert_eq!(plan(16384, None), Some((32, 16)));
+        assert_eq!(plan(32768, None), Some((16, 16)));
+        assert_eq!(plan(65536, None), Some((8, 16)));
+        assert_eq!(plan(131_072, None), None);
+        // a share of whole 16-token groups: 16512 / 16 is not one
+        assert_eq!(plan(16512, None), Some((16, 8)));
+        assert_eq!(plan(1024, Some(64)), Some((64, 2)));
         assert_eq!(plan(4096, Some(8)), Some((8, 1)));
-        assert_eq!(plan(32768, Some(16)), None);
+        assert_eq!(plan(4096, Some(16)), Some((16, 2)));
+        assert_eq!(v_cols_plan(&p, ptr, 16384, None, 8), Some((16, 8)));
+        assert_eq!(v_cols_plan(&p, ptr, 16384, Some(32), 8), None);
+        let d64 = Problem {
+            head_dim: 64,
+            head_dim_padded: 64,
+            ..p
+        };
+        assert_eq!(v_cols_plan(&d64, ptr, 16384, None, 16), Some((32, 16)));
+        assert_eq!(v_cols_plan(&d64, ptr, 1024, Some(64), 16), Some((64, 2)));
         assert_eq!(v_cols_smem_bytes(4096, 8, 1), 4096 * 16 + 144);
-        assert_eq!(v_cols_smem_bytes(16384, 16, 8), 2048 * 32 + 288);
-        assert!(3 * (v_cols_smem_bytes(16384, 16, 8) as usize + 1024) <= 228 * 1024);
+        assert_eq!(v_cols_smem_bytes(16384, 32, 16), 1024 * 64 + 576);
+        assert!(3 * (v_cols_smem_bytes(16384, 32, 16) as usize + 1024) <= 228 * 1024);
         // smooth_v needs V's mean; f32 rows, D < Dp, INT8-FP16 and a misaligned buffer do not apply
         let cases = [
             (
@@ -2412,12 +2437,12 @@ mod tests {
                     dtype: DType::BF16,
                     ..p
                 },
-                Some(16),
+                Some(32),
             ),
         ];
         for (q, want) in cases {
             assert_eq!(
-                v_cols_plan(&q, ptr, 1024, None, 8),
+                v_cols_plan(&q, ptr, 1024, None, 16),
                 want.map(|cw| (cw, 1)),
                 "{q:?}"
             );
