@@ -370,6 +370,21 @@ fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usi
         + slack
 }
 
+/// The launch attribute of clusters of `(cluster, 1, 1)` CTAs.
+fn cluster_attribute(cluster: u32) -> sys::CUlaunchAttribute {
+    sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value: sys::CUlaunchAttributeValue {
+            clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                x: cluster,
+                y: 1,
+                z: 1,
+            },
+        },
+    }
+}
+
 /// The driver's CUDA version as 1000 * major + 10 * minor (0 if it does not say): launches with
 /// attributes (`cuLaunchKernelEx`) need 12.0.
 fn driver_version() -> i32 {
@@ -425,6 +440,9 @@ pub struct CudaBackend {
     pool: Option<PoolKeeper>,
     /// The Hopper kernel's alignment slack, probed at its first use ([`Self::wgmma_smem_slack`]).
     smem_slack: std::sync::OnceLock<usize>,
+    /// Whether a cluster of quantize_v_cols fits the device, per (entry, CTAs, shared memory):
+    /// [`Self::cluster_fits`].
+    cluster_fits: Mutex<HashMap<(String, u32, u32), bool>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -766,6 +784,7 @@ impl CudaBackend {
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
             pool: None,
             smem_slack: std::sync::OnceLock::new(),
+            cluster_fits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -992,6 +1011,14 @@ impl CudaBackend {
                 feature: format!("a grid of {grid:?} blocks for {name}"),
             });
         }
+        let f = self.cluster_function(name, cluster, smem)?;
+        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        self.launch_ex(&f, name, grid, 256, smem, &[], &slots, cluster)
+    }
+
+    /// quant.cu's `name` set up for `smem` bytes of dynamic shared memory and clusters of `cluster`
+    /// CTAs (above 8, a non-portable size, which the function must allow).
+    fn cluster_function(&self, name: &str, cluster: u32, smem: u32) -> Result<CudaFunction> {
         let f = self.function_for(Module::Quant, name, smem)?;
         if cluster > 8 {
             f.set_attribute(
@@ -1000,8 +1027,57 @@ impl CudaBackend {
             )
             .map_err(|e| driver_error(name, e))?;
         }
-        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        self.launch_ex(&f, name, grid, 256, smem, &[], &slots, cluster)
+        Ok(f)
+    }
+
+    /// Whether the device can run at least one cluster of `cluster` CTAs of quant.cu's `name` (256
+    /// threads, `smem` bytes of dynamic shared memory each) at once, as `cuOccupancyMaxActiveClusters`
+    /// says (once per entry, size and shared memory); a launch it cannot place would fail the call.
+    /// False where the query fails.
+    fn cluster_fits(&self, name: &str, cluster: u32, smem: u32) -> bool {
+        let key = (name.to_string(), cluster, smem);
+        if let Some(fits) = self
+            .cluster_fits
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+        {
+            return fits;
+        }
+        let fits = self
+            .query_cluster_fits(name, cluster, smem)
+            .unwrap_or(false);
+        if let Ok(mut m) = self.cluster_fits.lock() {
+            m.insert(key, fits);
+        }
+        fits
+    }
+
+    fn query_cluster_fits(&self, name: &str, cluster: u32, smem: u32) -> Result<bool> {
+        let f = self.cluster_function(name, cluster, smem)?;
+        let mut attr = cluster_attribute(cluster);
+        let config = sys::CUlaunchConfig {
+            gridDimX: cluster,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 256,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut n: std::ffi::c_int = 0;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error(name, e))?;
+        // SAFETY: `config` describes a launch of `f` (a function of this context) with one live
+        // attribute; the driver writes one int.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
+            .result()
+            .map_err(|e| driver_error(name, e))?;
+        Ok(n > 0)
     }
 
     /// A launch through `cuLaunchKernelEx` (driver 12.0): a programmatic dependent launch where
@@ -1043,17 +1119,7 @@ impl CudaBackend {
             });
         }
         if cluster > 1 {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue {
-                    clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-                        x: cluster,
-                        y: 1,
-                        z: 1,
-                    },
-                },
-            });
+            attrs.push(cluster_attribute(cluster));
         }
         let config = sys::CUlaunchConfig {
             gridDimX: grid[0] as u32,
@@ -1443,9 +1509,19 @@ impl CudaBackend {
         };
         stats(k.0, &ks, false, true, self.ptr(&bufs.km), NULL)?;
         // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
-        let v_cols = self
-            .v_cols
-            .and_then(|force| v_cols_plan(p, self.ptr(v.0), nk_pad, force, self.v_cluster));
+        // (clusters only of a size the device can place: smaller ones, or none, where it cannot)
+        let v_cols = self.v_cols.and_then(|force| {
+            let mut max_cl = self.v_cluster;
+            loop {
+                let (cw, cl) = v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl)?;
+                let name = format!("quantize_v_cols_{dt}");
+                if cl == 1 || self.cluster_fits(&name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl))
+                {
+                    return Some((cw, cl));
+                }
+                max_cl = cl / 2;
+            }
+        });
         if (fp8 || p.smooth_v) && v_cols.is_none() {
             stats(
                 v.0,
