@@ -85,3 +85,41 @@ fn means_are_bit_identical_to_the_cpu() {
     }
     assert!(wrong.is_empty(), "means differ from the cpu's: {wrong:?}");
 }
+
+/// Past the longest sequence a software driver's loop limit allows (lavapipe: 21503 tokens, three
+/// loop iterations per token in the means), the backend refuses with `Unsupported` instead of
+/// returning means that a silently stopped loop left wrong; a hardware adapter takes it, and its
+/// means must then be the CPU's.
+#[test]
+fn a_sequence_past_the_loop_limit_is_refused_or_right() {
+    let Some(backend) = conformance::require_or_skip("wgpu", sage_wgpu::WgpuBackend::new()) else {
+        return;
+    };
+    use sage::{
+        AttentionBackend, AttentionParams, CpuBackend, DType, Error, Layout, Shape, Tensor,
+    };
+    let (n, d) = (30_000, 64);
+    let s = Shape::new(1, 1, n, d);
+    let x: Vec<f32> = (0..s.numel())
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let t = Tensor::from_f32_hnd(&x, s, DType::BF16, Layout::Hnd).unwrap_or_else(|e| panic!("{e}"));
+    let p = AttentionParams {
+        smooth_v: true,
+        ..AttentionParams::default()
+    };
+    match backend.quantize(&t, &t, &t, &p) {
+        Err(Error::Unsupported { feature, .. }) => {
+            assert!(feature.contains("stops shader loops"), "{feature}")
+        }
+        Ok(got) => {
+            let cpu = CpuBackend::new()
+                .quantize(&t, &t, &t, &p)
+                .unwrap_or_else(|e| panic!("{e}"));
+            // the means walk every token in one invocation, and are the CPU's bit for bit
+            assert!(got.km == cpu.km, "km differs from the CPU's");
+            assert!(got.vm == cpu.vm, "vm differs from the CPU's");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

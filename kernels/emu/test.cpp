@@ -564,6 +564,15 @@ static void nonfinite_test() {
         emu_launch_cluster({(unsigned)(Dp / cw * cl), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, cl, [&] { quantize_v_cols_f16((const u16*)V16.ptr(), V16.sb, V16.sh, V16.sn, Hkv, Nk, Dp, cw, cl, sv.data(), vt.data(), &nf3); });
         CHECK(nf3 == wv, "nonfinite flag quantize_v_cols (%d channels, clusters of %d): %d", cw, cl, nf3);
     }
+    // the first bad token in a later rank's share (tokens 128.. of 256 at cl = 2): its index, not the
+    // share's own
+    Tens V16b = make_tensor(B, Hkv, Nk, D, F16, NHD, z);
+    poison(V16b, 0, 0, 129, NAN);
+    for (auto [cw, cl] : {std::pair{16, 2}, {32, 16}}) {
+        int nf4 = INT_MAX;
+        emu_launch_cluster({(unsigned)(Dp / cw * cl), (unsigned)Hkv, (unsigned)B}, {256, 1, 1}, cl, [&] { quantize_v_cols_f16((const u16*)V16b.ptr(), V16b.sb, V16b.sh, V16b.sn, Hkv, Nk, Dp, cw, cl, sv.data(), vt.data(), &nf4); });
+        CHECK(nf4 == 129, "nonfinite flag quantize_v_cols past rank 0 (%d channels, clusters of %d): %d", cw, cl, nf4);
+    }
 }
 
 // Usage: test                 the basic cases (one per mode/feature), plus the unit tests

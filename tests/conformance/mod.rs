@@ -614,13 +614,17 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
     }
     // long 16-bit V in an FP8 mode without smooth_v: CUDA on sm_90 spreads a head's channel slice over
     // a cluster of up to 16 CTAs (quantize_v_cols), each with its share of the tokens, and the
-    // channels' maxima must still be over all of them (on the H200: 64 channels on 8 CTAs, 32 on
-    // 8, 64 on 16, 16 on 8)
-    for (seq_k, head_dim, dtype, layout) in [
-        (3000, 128, DType::F16, Layout::Hnd),
-        (9000, 64, DType::BF16, Layout::Nhd),
-        (8192, 64, DType::F16, Layout::Nhd),
-        (17000, 128, DType::BF16, Layout::Hnd),
+    // channels' maxima must still be over all of them (H200: 32 channels on 4, 8, 8 and 16 CTAs, 16
+    // on 8). And a software driver's loop limit (wgpu on
+    // lavapipe walks every token of a head per invocation): the longest sequence it takes, with
+    // smooth_v (V's mean and its quantizer each walk the tokens).
+    for (seq_k, head_dim, dtype, layout, smooth_v) in [
+        (3000, 128, DType::F16, Layout::Hnd, false),
+        (9000, 64, DType::BF16, Layout::Nhd, false),
+        (8192, 64, DType::F16, Layout::Nhd, false),
+        (17000, 128, DType::BF16, Layout::Hnd, false),
+        (16384, 64, DType::F16, Layout::Nhd, false),
+        (21500, 64, DType::BF16, Layout::Hnd, true),
     ] {
         salt += 1;
         let case = Case {
@@ -633,7 +637,10 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
             dtype,
             layout,
         };
-        let p = params_for(Mode::Int8Fp8, Granularity::PerThread, false);
+        let p = AttentionParams {
+            smooth_v,
+            ..params_for(Mode::Int8Fp8, Granularity::PerThread, false)
+        };
         let what = describe(&case, &p);
         if let Some(reason) = unsupported(backend, &case, &p) {
             report.skipped.push(format!("{what}: {reason}"));

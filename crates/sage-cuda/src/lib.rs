@@ -100,20 +100,22 @@ fn k_rows_case(p: &Problem, k_ptr: Arg) -> bool {
 /// none). Returns `(cw, cl)`: the widest slice of 32, 16, 8 channels (32: a 64-byte piece of every
 /// row per copy; 64 measured slower, its stores less coalesced) on the fewest CTAs whose share
 /// leaves room for three CTAs per multiprocessor (72 KiB, a multiple of 16 tokens); else 8 channels
-/// on one CTA up to 200 KiB; else None (the general path). `force` (8, 16, 32 or 64, from
-/// `SAGE_CUDA_V_COLS`) takes that width wherever it fits.
+/// on one CTA up to 200 KiB or the device's `max_smem` per block, whichever is less; else None (the
+/// general path). `force` (8, 16, 32 or 64, from `SAGE_CUDA_V_COLS`) takes that width wherever it
+/// fits.
 fn v_cols_plan(
     p: &Problem,
     v_ptr: Arg,
     nk_pad: usize,
     force: Option<usize>,
     max_cl: usize,
+    max_smem: usize,
 ) -> Option<(usize, usize)> {
     if !(p.mode.is_fp8_pv() && !p.smooth_v && lean_input(p, v_ptr)) {
         return None;
     }
     let fits = |cw: usize, cl: usize, limit: usize| {
-        v_cols_smem_bytes(nk_pad, cw, cl) as usize <= limit * 1024
+        v_cols_smem_bytes(nk_pad, cw, cl) as usize <= (limit * 1024).min(max_smem)
     };
     let widths: Vec<usize> = match force {
         Some(cw) => vec![cw],
@@ -419,7 +421,8 @@ pub struct CudaBackend {
     /// K's Step 3 by quantize_k_rows where it can (unless `SAGE_CUDA_K_ROWS=0`).
     k_rows: bool,
     /// V's FP8 scales and codes by quantize_v_cols where it can: `SAGE_CUDA_V_COLS` `0` turns it
-    /// off, `8` or `16` pins the slice width (`Some(Some(cw))`), anything else or unset is automatic.
+    /// off, `8`, `16`, `32` or `64` pins the slice width (`Some(Some(cw))`), anything else or unset
+    /// is automatic.
     v_cols: Option<Option<usize>>,
     /// The largest cluster quantize_v_cols may run on: 16 on sm_90 and later with driver 12.0 (launch
     /// attributes; above 8 a non-portable size, which Hopper allows), 1 (none) otherwise;
@@ -427,6 +430,8 @@ pub struct CudaBackend {
     v_cluster: usize,
     /// Streaming multiprocessors (grid sizing of the quantization stage).
     sms: usize,
+    /// Dynamic shared memory one block may opt in to (bytes).
+    max_smem: usize,
     /// The quantization stage's kernels and the Hopper attention kernel launched as programmatic
     /// dependents of the kernel before them (sm_90 and later, unless `SAGE_CUDA_PDL=0` or a
     /// `SAGE_KERNEL_DIR` copy lacks the wait): each may be scheduled
@@ -749,6 +754,11 @@ impl CudaBackend {
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_or(1, |n| n.max(1) as usize);
+        let max_smem = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_or(48 * 1024, |n| n.max(0) as usize);
         Ok(CudaBackend {
             arch: arch_for(cc.0, cc.1),
             device: format!("{name} (sm_{}{})", cc.0, cc.1),
@@ -781,6 +791,7 @@ impl CudaBackend {
                 1
             },
             sms,
+            max_smem,
             scratch: pool_keep().then(|| Arc::new(Mutex::new(Vec::new()))),
             pool: None,
             smem_slack: std::sync::OnceLock::new(),
@@ -1513,7 +1524,7 @@ impl CudaBackend {
         let v_cols = self.v_cols.and_then(|force| {
             let mut max_cl = self.v_cluster;
             loop {
-                let (cw, cl) = v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl)?;
+                let (cw, cl) = v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl, self.max_smem)?;
                 let name = format!("quantize_v_cols_{dt}");
                 if cl == 1 || self.cluster_fits(&name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl))
                 {
@@ -2449,16 +2460,20 @@ mod tests {
         let ptr = Arg::Ptr(1 << 20);
         // without clusters: whole 32-byte pieces while three CTAs fit, then 16-byte ones, up to one
         // CTA's 200 KiB, then the general path
-        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 1);
+        const H200: usize = 227 * 1024;
+        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 1, H200);
         assert_eq!(plan(1024, None), Some((32, 1)));
         assert_eq!(plan(2048, None), Some((16, 1)));
         assert_eq!(plan(4096, None), Some((8, 1)));
         assert_eq!(plan(8192, None), Some((8, 1)));
         assert_eq!(plan(16384, None), None);
+        // one CTA's slice within what the device lets a block have (sm_89: 99 KiB)
+        assert_eq!(v_cols_plan(&p, ptr, 6272, None, 1, 99 * 1024), Some((8, 1)));
+        assert_eq!(v_cols_plan(&p, ptr, 8192, None, 1, 99 * 1024), None);
         assert_eq!(plan(4096, Some(16)), Some((16, 1)));
         assert_eq!(plan(8192, Some(16)), None);
         // in clusters (sm_90): the widest pieces on the fewest CTAs with three per multiprocessor
-        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 16);
+        let plan = |n, force| v_cols_plan(&p, ptr, n, force, 16, H200);
         assert_eq!(plan(256, None), Some((32, 1)));
         assert_eq!(plan(1024, None), Some((32, 1)));
         assert_eq!(plan(4096, None), Some((32, 4)));
@@ -2472,15 +2487,21 @@ mod tests {
         assert_eq!(plan(1024, Some(64)), Some((64, 2)));
         assert_eq!(plan(4096, Some(8)), Some((8, 1)));
         assert_eq!(plan(4096, Some(16)), Some((16, 2)));
-        assert_eq!(v_cols_plan(&p, ptr, 16384, None, 8), Some((16, 8)));
-        assert_eq!(v_cols_plan(&p, ptr, 16384, Some(32), 8), None);
+        assert_eq!(v_cols_plan(&p, ptr, 16384, None, 8, H200), Some((16, 8)));
+        assert_eq!(v_cols_plan(&p, ptr, 16384, Some(32), 8, H200), None);
         let d64 = Problem {
             head_dim: 64,
             head_dim_padded: 64,
             ..p
         };
-        assert_eq!(v_cols_plan(&d64, ptr, 16384, None, 16), Some((32, 16)));
-        assert_eq!(v_cols_plan(&d64, ptr, 1024, Some(64), 16), Some((64, 2)));
+        assert_eq!(
+            v_cols_plan(&d64, ptr, 16384, None, 16, H200),
+            Some((32, 16))
+        );
+        assert_eq!(
+            v_cols_plan(&d64, ptr, 1024, Some(64), 16, H200),
+            Some((64, 2))
+        );
         assert_eq!(v_cols_smem_bytes(4096, 8, 1), 4096 * 16 + 144);
         assert_eq!(v_cols_smem_bytes(16384, 32, 16), 1024 * 64 + 576);
         assert!(3 * (v_cols_smem_bytes(16384, 32, 16) as usize + 1024) <= 228 * 1024);
@@ -2518,13 +2539,13 @@ mod tests {
         ];
         for (q, want) in cases {
             assert_eq!(
-                v_cols_plan(&q, ptr, 1024, None, 16),
+                v_cols_plan(&q, ptr, 1024, None, 16, H200),
                 want.map(|cw| (cw, 1)),
                 "{q:?}"
             );
         }
         assert_eq!(
-            v_cols_plan(&p, Arg::Ptr((1 << 20) + 8), 1024, None, 8),
+            v_cols_plan(&p, Arg::Ptr((1 << 20) + 8), 1024, None, 8, H200),
             None
         );
     }
