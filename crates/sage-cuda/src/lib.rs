@@ -135,6 +135,24 @@ fn v_cols_plan(
     shared.or_else(|| (last <= 16 && fits(last, 1, 200)).then_some((last, 1)))
 }
 
+/// The plan `plan(max_cl)` gives for the largest `max_cl` (from `max_cl` down, halving) whose cluster
+/// the device can place (`fits(cw, cl)`; one CTA always can): a smaller cluster, one CTA or the
+/// general path (None) rather than a launch that fails.
+fn v_cols_placed(
+    max_cl: usize,
+    plan: impl Fn(usize) -> Option<(usize, usize)>,
+    fits: impl Fn(usize, usize) -> bool,
+) -> Option<(usize, usize)> {
+    let mut max_cl = max_cl;
+    loop {
+        let (cw, cl) = plan(max_cl)?;
+        if cl == 1 || fits(cw, cl) {
+            return Some((cw, cl));
+        }
+        max_cl = cl / 2;
+    }
+}
+
 /// Dynamic shared memory of quantize_v_cols: the CTA's share of the staged slice and the warps'
 /// partial maxima.
 fn v_cols_smem_bytes(nk_pad: usize, cw: usize, cl: usize) -> u32 {
@@ -1520,18 +1538,13 @@ impl CudaBackend {
         };
         stats(k.0, &ks, false, true, self.ptr(&bufs.km), NULL)?;
         // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
-        // (clusters only of a size the device can place: smaller ones, or none, where it cannot)
         let v_cols = self.v_cols.and_then(|force| {
-            let mut max_cl = self.v_cluster;
-            loop {
-                let (cw, cl) = v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl, self.max_smem)?;
-                let name = format!("quantize_v_cols_{dt}");
-                if cl == 1 || self.cluster_fits(&name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl))
-                {
-                    return Some((cw, cl));
-                }
-                max_cl = cl / 2;
-            }
+            let name = format!("quantize_v_cols_{dt}");
+            v_cols_placed(
+                self.v_cluster,
+                |max_cl| v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl, self.max_smem),
+                |cw, cl| self.cluster_fits(&name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl)),
+            )
         });
         if (fp8 || p.smooth_v) && v_cols.is_none() {
             stats(
@@ -2502,6 +2515,20 @@ mod tests {
             v_cols_plan(&d64, ptr, 1024, Some(64), 16, H200),
             Some((64, 2))
         );
+        // clusters the device cannot place give way to smaller ones, then to one CTA or none
+        let placed = |n, largest: usize| {
+            v_cols_placed(
+                16,
+                |m| v_cols_plan(&p, ptr, n, None, m, H200),
+                |_, cl| cl <= largest,
+            )
+        };
+        assert_eq!(placed(16384, 16), Some((32, 16)));
+        assert_eq!(placed(16384, 8), Some((16, 8)));
+        assert_eq!(placed(16384, 4), Some((8, 4)));
+        assert_eq!(placed(16384, 1), None);
+        assert_eq!(placed(4096, 2), Some((16, 2)));
+        assert_eq!(placed(4096, 1), Some((8, 1)));
         assert_eq!(v_cols_smem_bytes(4096, 8, 1), 4096 * 16 + 144);
         assert_eq!(v_cols_smem_bytes(16384, 32, 16), 1024 * 64 + 576);
         assert!(3 * (v_cols_smem_bytes(16384, 32, 16) as usize + 1024) <= 228 * 1024);
