@@ -565,6 +565,21 @@ fn stage_vs_cpu(
     }
 }
 
+/// One batch of two query heads on one K/V head, 70 queries: the quantization stage cases that are
+/// about K and V.
+fn one_kv_head(seq_k: usize, head_dim: usize, dtype: DType, layout: Layout) -> Case {
+    Case {
+        batch: 1,
+        heads_q: 2,
+        heads_kv: 1,
+        seq_q: 70,
+        seq_k,
+        head_dim,
+        dtype,
+        layout,
+    }
+}
+
 /// The quantization stage against the CPU's, code by code and scale by scale.
 pub fn quantize_stage(backend: &dyn AttentionBackend) {
     let mut report = Report::default();
@@ -627,16 +642,7 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
         (21500, 64, DType::BF16, Layout::Hnd, true),
     ] {
         salt += 1;
-        let case = Case {
-            batch: 1,
-            heads_q: 2,
-            heads_kv: 1,
-            seq_q: 70,
-            seq_k,
-            head_dim,
-            dtype,
-            layout,
-        };
+        let case = one_kv_head(seq_k, head_dim, dtype, layout);
         let p = AttentionParams {
             smooth_v,
             ..params_for(Mode::Int8Fp8, Granularity::PerThread, false)
@@ -659,16 +665,7 @@ pub fn quantize_stage(backend: &dyn AttentionBackend) {
         (DType::BF16, false),
     ] {
         salt += 1;
-        let case = Case {
-            batch: 1,
-            heads_q: 2,
-            heads_kv: 1,
-            seq_q: 70,
-            seq_k: 300,
-            head_dim: 64,
-            dtype,
-            layout: Layout::Nhd,
-        };
+        let case = one_kv_head(300, 64, dtype, Layout::Nhd);
         let p = AttentionParams {
             smooth_v,
             ..params_for(Mode::Int8Fp8, Granularity::PerWarp, false)

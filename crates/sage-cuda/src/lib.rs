@@ -117,11 +117,8 @@ fn v_cols_plan(
     let fits = |cw: usize, cl: usize, limit: usize| {
         v_cols_smem_bytes(nk_pad, cw, cl) as usize <= (limit * 1024).min(max_smem)
     };
-    let widths: Vec<usize> = match force {
-        Some(cw) => vec![cw],
-        None => vec![32, 16, 8],
-    };
-    let widths: Vec<usize> = widths
+    let widths: Vec<usize> = force
+        .map_or(vec![32, 16, 8], |cw| vec![cw])
         .into_iter()
         .filter(|&cw| cw <= p.head_dim_padded)
         .collect();
@@ -989,6 +986,23 @@ impl CudaBackend {
         maps: &[TensorMap],
         args: &[Arg],
     ) -> Result<()> {
+        self.launch_in_clusters(module, name, grid, block, smem, maps, args, 1)
+    }
+
+    /// `launch_with` in clusters of `(cluster, 1, 1)` CTAs (sm_90; `grid[0]` a multiple of
+    /// `cluster`); 1 is no cluster.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_in_clusters(
+        &self,
+        module: Module,
+        name: &str,
+        grid: [usize; 3],
+        block: u32,
+        smem: u32,
+        maps: &[TensorMap],
+        args: &[Arg],
+        cluster: u32,
+    ) -> Result<()> {
         if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
             return Ok(());
         }
@@ -998,10 +1012,10 @@ impl CudaBackend {
                 feature: format!("a grid of {grid:?} blocks for {name}"),
             });
         }
-        let f = self.function_for(module, name, smem)?;
+        let f = self.cluster_function(module, name, cluster, smem)?;
         let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        if self.pdl && matches!(module, Module::Quant | Module::AttnWgmma) {
-            return self.launch_ex(&f, name, grid, block, smem, maps, &slots, 1);
+        if cluster > 1 || (self.pdl && matches!(module, Module::Quant | Module::AttnWgmma)) {
+            return self.launch_ex(&f, name, grid, block, smem, maps, &slots, cluster);
         }
         let mut builder = self.stream.launch_builder(&f);
         for m in maps {
@@ -1021,34 +1035,16 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `launch_with` in clusters of `(cluster, 1, 1)` CTAs (sm_90; `grid[0]` a multiple of `cluster`),
-    /// for a quant.cu entry (a programmatic dependent launch where those are on).
-    fn launch_cluster(
+    /// [`Self::function_for`], also set up for clusters of `cluster` CTAs (above 8, a non-portable
+    /// size, which the function must allow).
+    fn cluster_function(
         &self,
+        module: Module,
         name: &str,
-        grid: [usize; 3],
         cluster: u32,
         smem: u32,
-        args: &[Arg],
-    ) -> Result<()> {
-        if grid[0] == 0 || grid[1] == 0 || grid[2] == 0 {
-            return Ok(());
-        }
-        if grid[0] > i32::MAX as usize || grid[1] > 65_535 || grid[2] > 65_535 {
-            return Err(Error::Unsupported {
-                backend: NAME,
-                feature: format!("a grid of {grid:?} blocks for {name}"),
-            });
-        }
-        let f = self.cluster_function(name, cluster, smem)?;
-        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        self.launch_ex(&f, name, grid, 256, smem, &[], &slots, cluster)
-    }
-
-    /// quant.cu's `name` set up for `smem` bytes of dynamic shared memory and clusters of `cluster`
-    /// CTAs (above 8, a non-portable size, which the function must allow).
-    fn cluster_function(&self, name: &str, cluster: u32, smem: u32) -> Result<CudaFunction> {
-        let f = self.function_for(Module::Quant, name, smem)?;
+    ) -> Result<CudaFunction> {
+        let f = self.function_for(module, name, smem)?;
         if cluster > 8 {
             f.set_attribute(
                 sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
@@ -1083,7 +1079,7 @@ impl CudaBackend {
     }
 
     fn query_cluster_fits(&self, name: &str, cluster: u32, smem: u32) -> Result<bool> {
-        let f = self.cluster_function(name, cluster, smem)?;
+        let f = self.cluster_function(Module::Quant, name, cluster, smem)?;
         let mut attr = cluster_attribute(cluster);
         let config = sys::CUlaunchConfig {
             gridDimX: cluster,
@@ -1538,12 +1534,14 @@ impl CudaBackend {
         };
         stats(k.0, &ks, false, true, self.ptr(&bufs.km), NULL)?;
         // V's scales and codes in one pass (Step 7 below) where quantize_v_cols applies
+        let v_cols_name = format!("quantize_v_cols_{dt}");
         let v_cols = self.v_cols.and_then(|force| {
-            let name = format!("quantize_v_cols_{dt}");
             v_cols_placed(
                 self.v_cluster,
                 |max_cl| v_cols_plan(p, self.ptr(v.0), nk_pad, force, max_cl, self.max_smem),
-                |cw, cl| self.cluster_fits(&name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl)),
+                |cw, cl| {
+                    self.cluster_fits(&v_cols_name, cl as u32, v_cols_smem_bytes(nk_pad, cw, cl))
+                },
             )
         });
         if (fp8 || p.smooth_v) && v_cols.is_none() {
@@ -1680,21 +1678,16 @@ impl CudaBackend {
                 self.ptr(&bufs.vt),
                 flag(2),
             ];
-            let name = format!("quantize_v_cols_{dt}");
-            let smem = v_cols_smem_bytes(nk_pad, cw, cl);
-            if cl > 1 {
-                self.launch_cluster(&name, [dp / cw * cl, hk, b], cl as u32, smem, &args)?;
-            } else {
-                self.launch_with(
-                    Module::Quant,
-                    &name,
-                    [dp / cw, hk, b],
-                    256,
-                    smem,
-                    &[],
-                    &args,
-                )?;
-            }
+            self.launch_in_clusters(
+                Module::Quant,
+                &v_cols_name,
+                [dp / cw * cl, hk, b],
+                256,
+                v_cols_smem_bytes(nk_pad, cw, cl),
+                &[],
+                &args,
+                cl as u32,
+            )?;
             return Ok(bufs);
         }
         let mut args = vec![self.ptr(v.0), vs[0], vs[1], vs[2]];
