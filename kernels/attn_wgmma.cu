@@ -18,9 +18,9 @@
 //     under a causal mask of the persistent trio and the trio up to 4096 keys (BENCHMARKS.md,
 //     sessions 13 to 15), where the host takes it.
 //   trio (`_trio`): the pair with three consumer warpgroups, 192 query rows, 160 registers per
-//     consumer, which therefore run each tile's products in order (F::PIPE below), at DP = 128 the
-//     P V in two halves of 64 channels (PV_CH). Three consumer warps per scheduler instead of
-//     two: ahead of the pair at every length measured (sessions 11 and 12).
+//     consumer, which therefore run each tile's products in order (F::PIPE below), the P V whole
+//     (the persistent trio's at DP = 128 in two halves of 64 channels: PV_CH). Three consumer warps
+//     per scheduler instead of two: ahead of the pair at every length measured (sessions 11 and 12).
 //   persistent (`_persist`, `_trio_persist`): the pair or the trio with one CTA per SM looping over
 //     work items (a round of gridDim.x items at a time, walked in alternate directions). The ring runs
 //     on across items; the Q tile and sv / vm are double-buffered, so the producer loads item n + 1's
@@ -183,14 +183,14 @@ SAGE_DEVICE void merge_block(float (&o)[N], const float (&f)[N], const float (&a
 // dS of the KV tile (Step 2): ds[n] = (sum_d qm[d] * c8k[n, d]) * s8k(n) * sm_scale * log2(e), from the
 // INT8 K codes the tile holds anyway (int8-fp8: those of Step 3). KVT/128 keys per thread of the
 // warpgroup (KVT = 64: two threads per key, half of the channels each).
-template <int DP, int KVT>
+template <int DP, int KVT, int UNROLL>
 SAGE_DEVICE void tile_ds(u32 k_tile, const float* s_qm, float* ds_out, const float* k_scales, int k_head_at, int gran,
                          int k0, int Nk, float logit_scale, int wtid) {
     constexpr int SPLIT = 128 / KVT;  // threads per key
     constexpr int CHUNKS = DP / 16 / SPLIT;
     const int key = wtid / SPLIT, part = wtid % SPLIT;
     float acc = 0.0f;
-#pragma unroll
+#pragma unroll UNROLL
     for (int i = 0; i < CHUNKS; ++i) {
         const int c = (part * CHUNKS + i) * 16;
         U32x4 w;
@@ -281,11 +281,17 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
     constexpr int CT = DP / 8;    // 8-channel slices of O
-    // Channels of one P V product. The in-order consumers (trio, solo) at DP = 128 cannot hold acc and
-    // a block's P V accumulator (64 registers each) beside S either: their P V runs as products of 64
-    // channels, each merged into acc before the next (the same sums: channels are independent), so
-    // that accumulator is 32 registers.
-    constexpr int PV_CH = F::PIPE ? DP : 64;
+    // Channels of one P V product. The solo and persistent trio consumers at DP = 128 cannot hold acc
+    // and a block's P V accumulator (64 registers each) beside S and their other live values: their
+    // P V runs as products of 64 channels, each merged into acc before the next (the same sums:
+    // channels are independent), so that accumulator is 32 registers. The trio's consumers hold the
+    // whole product (TRIO_WHOLE: one wgmma wait per tile instead of two, +3 to +4.5 % at 4k-16k keys,
+    // BENCHMARKS.md session 17) once two values leave their registers: the item's indices, which
+    // the epilogue recomputes from an opaque copy of w, and the dS loop's loads, unrolled by 4 (fully
+    // unrolled, 4 bytes spilled on the smooth_q path; by 2, 2 % slower: ptxas's schedules differ).
+    // At DP = 64 the trio keeps its former code (the same changes cost it 4 %).
+    constexpr bool TRIO_WHOLE = NC == 3 && !PERSIST && DP == 128;
+    constexpr int PV_CH = F::PIPE || TRIO_WHOLE ? DP : 64;
     // The solo form converts the int32 dot products with I2FP (dot_to_float, an ALU instruction), the
     // others through the bias (the fold of update_biased): +2 to +4 % at 1024 keys for the solo form,
     // -1.7 to +0.8 % for the trio so converted (BENCHMARKS.md, session 15).
@@ -623,7 +629,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 // as no thread can pass the next barrier before every thread is done reading this buffer).
                 // (the head's scales as an index: a 64-bit pointer kept for this spilled in the
                 // persistent form)
-                tile_ds<DP, KVT>(s_k + s * L::K_BYTES, s_qm, ds, k_scales,
+                tile_ds<DP, KVT, TRIO_WHOLE ? 4 : DP / 16 / (128 / KVT)>(s_k + s * L::K_BYTES, s_qm, ds, k_scales,
                                  sk_base - t_k(), gran, j * KVT, Nk, logit_scale, wtid);
                 named_sync(WG_BAR_OWN + cw, WG_THREADS);
             }
@@ -711,7 +717,11 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         }
 
         // ---- finalize ----
-        const Item it = item(w);
+        // the item from an opaque copy of w (TRIO_WHOLE): ptxas otherwise keeps the prologue's indices
+        // of item(w) through the KV loop, a spill in the trio with its P V whole
+        int w_again = w;
+        if constexpr (TRIO_WHOLE) asm volatile("mov.b32 %0, %1;" : "=r"(w_again) : "r"(w));
+        const Item it = item(w_again);
         sm.reduce_rows();
         mbar_wait(epi_full(qb()), q_phase());
         const float* svp = (const float*)(base_ptr + L::EPI_OFF + qb() * L::EPI_BYTES);
