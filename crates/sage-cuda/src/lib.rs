@@ -387,6 +387,34 @@ fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usi
         + slack
 }
 
+/// The attributes set on one function: its dynamic shared memory limit (0: the default 48 KiB), the
+/// shared memory carveout preference (100 %), the permission for clusters above 8 CTAs. Each launch
+/// used to set them all again: driver calls on the hot path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Prepared {
+    smem: u32,
+    carveout: bool,
+    non_portable: bool,
+}
+
+impl Prepared {
+    /// What a launch with `smem` bytes of dynamic shared memory (of the wgmma module, in clusters of
+    /// `cluster` CTAs) needs on top of what is set: a limit only grows (a smaller launch fits under a
+    /// larger one), the carveout above 48 KiB and for every wgmma entry, the permission above 8 CTAs.
+    fn wants(self, smem: u32, wgmma: bool, cluster: u32) -> Prepared {
+        let large = smem > 48 * 1024;
+        Prepared {
+            smem: if large {
+                self.smem.max(smem)
+            } else {
+                self.smem
+            },
+            carveout: self.carveout || large || wgmma,
+            non_portable: self.non_portable || cluster > 8,
+        }
+    }
+}
+
 /// The launch attribute of clusters of `(cluster, 1, 1)` CTAs.
 fn cluster_attribute(cluster: u32) -> sys::CUlaunchAttribute {
     sys::CUlaunchAttribute {
@@ -463,6 +491,9 @@ pub struct CudaBackend {
     /// Whether a cluster of quantize_v_cols fits the device, per (entry, CTAs, shared memory):
     /// [`Self::cluster_fits`].
     cluster_fits: Mutex<HashMap<(String, u32, u32), bool>>,
+    /// The attributes set so far on each function ([`Self::function_for`],
+    /// [`Self::cluster_function`]), so that a launch sets only what its function lacks.
+    prepared: Mutex<HashMap<String, Prepared>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -811,6 +842,7 @@ impl CudaBackend {
             pool: None,
             smem_slack: std::sync::OnceLock::new(),
             cluster_fits: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
         })
     }
 
@@ -959,17 +991,45 @@ impl CudaBackend {
     /// the Hopper kernel, so that as many blocks fit as their shared memory allows (the Hopper
     /// kernel's solo form needs three per multiprocessor).
     fn function_for(&self, module: Module, name: &str, smem: u32) -> Result<CudaFunction> {
+        self.prepared_function(module, name, smem, 1)
+    }
+
+    /// `name` with the attributes a launch of `smem` bytes of dynamic shared memory in clusters of
+    /// `cluster` CTAs needs, each set once per function ([`Prepared::wants`]).
+    fn prepared_function(
+        &self,
+        module: Module,
+        name: &str,
+        smem: u32,
+        cluster: u32,
+    ) -> Result<CudaFunction> {
         use sys::CUfunction_attribute_enum as A;
         let f = self.function(module, name)?;
+        let done = self
+            .prepared
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or_default();
+        let want = done.wants(smem, module == Module::AttnWgmma, cluster);
+        if want == done {
+            return Ok(f);
+        }
         let set = |a, v: i32| f.set_attribute(a, v).map_err(|e| driver_error(name, e));
-        if smem > 48 * 1024 {
+        if want.smem != done.smem {
             set(
                 A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
+                want.smem as i32,
             )?;
         }
-        if smem > 48 * 1024 || module == Module::AttnWgmma {
+        if want.carveout != done.carveout {
             set(A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)?;
+        }
+        if want.non_portable != done.non_portable {
+            set(A::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)?;
+        }
+        if let Ok(mut m) = self.prepared.lock() {
+            m.insert(name.to_string(), want);
         }
         Ok(f)
     }
@@ -1044,15 +1104,7 @@ impl CudaBackend {
         cluster: u32,
         smem: u32,
     ) -> Result<CudaFunction> {
-        let f = self.function_for(module, name, smem)?;
-        if cluster > 8 {
-            f.set_attribute(
-                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .map_err(|e| driver_error(name, e))?;
-        }
-        Ok(f)
+        self.prepared_function(module, name, smem, cluster)
     }
 
     /// Whether the device can run at least one cluster of `cluster` CTAs of quant.cu's `name` (256
@@ -2577,5 +2629,29 @@ mod tests {
         assert_eq!(Arg::I64(-2).slot(), u64::MAX - 1);
         assert_eq!(arch_for(9, 0), "sm_90a");
         assert_eq!(arch_for(8, 9), "sm_89");
+    }
+
+    #[test]
+    fn a_function_is_prepared_once_per_need() {
+        let none = Prepared::default();
+        // small launches outside the wgmma module need nothing
+        assert_eq!(none.wants(16 * 1024, false, 1), none);
+        // a large one: its limit and the carveout; a smaller one later changes nothing, a larger
+        // one raises the limit
+        let large = none.wants(100 * 1024, false, 1);
+        assert_eq!(
+            (large.smem, large.carveout, large.non_portable),
+            (100 * 1024, true, false)
+        );
+        assert_eq!(large.wants(72 * 1024, false, 1), large);
+        assert_eq!(large.wants(200 * 1024, false, 1).smem, 200 * 1024);
+        // the wgmma entries take the carveout whatever their size
+        assert!(none.wants(40 * 1024, true, 1).carveout);
+        // clusters above 8 CTAs need the permission once; 8 and below do not
+        assert_eq!(large.wants(72 * 1024, false, 8), large);
+        let wide = large.wants(72 * 1024, false, 16);
+        assert!(wide.non_portable);
+        assert_eq!(wide.wants(72 * 1024, false, 16), wide);
+        assert_eq!(wide.wants(72 * 1024, false, 2), wide);
     }
 }
