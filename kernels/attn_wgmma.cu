@@ -26,7 +26,8 @@
 //     on across items; the Q tile and sv / vm are double-buffered, so the producer loads item n + 1's
 //     while item n's last tiles and epilogue run; the outputs go through their own staging area,
 //     copied out by the producer's other three warps while the consumers start the next item. Ahead
-//     where a CTA's fixed costs are a large share, up to 2048 keys (BENCHMARKS.md, sessions 10-12).
+//     where a CTA's fixed costs are a large share, up to 2048 keys (BENCHMARKS.md, sessions 10-12),
+//     and the persistent trio at D = 128 without a causal mask at every length (session 17).
 //   The host's choice per shape: sage-cuda's `auto_form`.
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;

@@ -310,7 +310,11 @@ fn wgmma_form_setting(value: Option<&str>) -> std::result::Result<FormSetting, S
 /// one item's end with the next one's start is worth more: at 2048 keys the persistent trio is ahead
 /// of the trio (+6 % at D = 64, +4 % at D = 128) and of the persistent pair (+13 %, +8 %); at 1024
 /// keys it is ahead of the persistent pair at D = 64 (+4 %, -2 % causal) and level with it at D = 128
-/// (-7 % causal). At D = 64 with at most 1024 keys the solo form (three in-order CTAs per
+/// (-7 % causal). At D = 128 and kv_block 128 without a causal mask it stays ahead at every length
+/// (session 17, against the trio with its P V whole, kernel only, three rounds: 4096 keys +1.8 %,
+/// 8192 +1.7 %, 16384 +0.7 %), not at D = 64 (level at 4096 and 8192, -1.5 % at 16384) nor under a
+/// causal mask (session 17 call 2: -14 % at 16384), where it is taken up to
+/// [`TRIO_PERSIST_MAX_KEYS`]. At D = 64 with at most 1024 keys the solo form (three in-order CTAs per
 /// multiprocessor) is ahead of the persistent trio (session 13, 1024 keys, end to end: +4 %, causal
 /// +12.5 %; at 2048 keys -6 %, causal +2 %) and, with f32 outputs, of the pipelined solo it replaced
 /// (+13 %); at kv_block 64 only under a causal mask (+8 %; -4 % without one, where the persistent trio
@@ -349,7 +353,7 @@ fn auto_form(
         WgmmaForm::Solo
     } else if out16 && dp > 64 && seq_k <= PERSIST_MAX_KEYS {
         WgmmaForm::Persist
-    } else if out16 && seq_k <= TRIO_PERSIST_MAX_KEYS {
+    } else if out16 && (seq_k <= TRIO_PERSIST_MAX_KEYS || (dp > 64 && kvt == 128 && !causal)) {
         WgmmaForm::TrioPersist
     } else {
         WgmmaForm::Trio
@@ -361,7 +365,8 @@ const PERSIST_MAX_KEYS: usize = 1024;
 
 /// The longest key sequence that [`auto_form`] gives the persistent trio (16-bit outputs, where the
 /// solo form is not taken: above [`PERSIST_MAX_KEYS`] at D = 128, above [`SOLO_MAX_KEYS`] at D = 64,
-/// above [`SOLO_CAUSAL_MAX_KEYS`] (so never) under a causal mask where the solo form is taken).
+/// above [`SOLO_CAUSAL_MAX_KEYS`] (so never) under a causal mask where the solo form is taken),
+/// except at D = 128 and kv_block 128 without a causal mask, where it has no limit.
 const TRIO_PERSIST_MAX_KEYS: usize = 2048;
 
 /// The longest key sequence that [`auto_form`] gives the solo form without a causal mask.
@@ -2337,9 +2342,18 @@ mod tests {
             let at = |dp, seq_k, out16| auto_form(dp, 128, seq_k, false, out16, solo3);
             for dp in [64, 128] {
                 assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS, true), WgmmaForm::TrioPersist);
-                assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS + 1, true), WgmmaForm::Trio);
+                // past it the trio, but at D 128 (kv_block 128, no causal mask, 16-bit outputs)
+                let long = if dp == 128 {
+                    WgmmaForm::TrioPersist
+                } else {
+                    WgmmaForm::Trio
+                };
+                assert_eq!(at(dp, TRIO_PERSIST_MAX_KEYS + 1, true), long);
+                assert_eq!(at(dp, 16384, true), long);
+                assert_eq!(at(dp, 16384, false), WgmmaForm::Trio);
+                let f = auto_form(dp, 128, 16384, true, true, solo3);
+                assert_eq!(f, WgmmaForm::Trio);
                 for out16 in [true, false] {
-                    assert_eq!(at(dp, 16384, out16), WgmmaForm::Trio);
                     for causal in [false, true] {
                         let f = auto_form(dp, 64, 16384, causal, out16, solo3);
                         assert_eq!(f, WgmmaForm::Trio);
@@ -2362,6 +2376,8 @@ mod tests {
                         let f = auto_form(128, 128, seq_k, causal, out16, solo3);
                         let other = if out16 && seq_k <= PERSIST_MAX_KEYS {
                             WgmmaForm::Persist
+                        } else if out16 && !causal {
+                            WgmmaForm::TrioPersist
                         } else {
                             WgmmaForm::Trio
                         };
