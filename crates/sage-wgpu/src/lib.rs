@@ -37,6 +37,8 @@ const THREADS_1D: u64 = 64;
 pub struct WgpuBackend {
     gpu: Gpu,
     pipes: Pipelines,
+    /// The driver's loop limit, probed once on a CPU-type adapter ([`WgpuBackend::loop_budget`]).
+    loop_limit: std::sync::OnceLock<Option<u64>>,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -120,6 +122,13 @@ fn u32_of(what: &str, x: u64) -> Result<u32> {
     })
 }
 
+/// The loop limit of llvmpipe (lavapipe): back-edges per shader invocation.
+const LAVAPIPE_LOOP_LIMIT: u64 = 65_535;
+
+/// Iterations the loop probe asks for: above every sequence the backend runs in one invocation
+/// (three loop iterations per token: `check_loop_budget`), so a limit below them is seen.
+const PROBE_ITERATIONS: u32 = 1 << 22;
+
 impl WgpuBackend {
     /// Opens an adapter (`SAGE_WGPU_ADAPTER` picks one by name) and compiles the shaders.
     pub fn new() -> Result<Self> {
@@ -128,7 +137,11 @@ impl WgpuBackend {
             backend: NAME,
             reason: format!("the shaders do not build on {}: {e}", gpu.describe()),
         })?;
-        Ok(WgpuBackend { gpu, pipes })
+        Ok(WgpuBackend {
+            gpu,
+            pipes,
+            loop_limit: std::sync::OnceLock::new(),
+        })
     }
 
     /// True when the adapter is real hardware (not a software rasterizer such as llvmpipe).
@@ -156,9 +169,43 @@ impl WgpuBackend {
     }
 
     /// Loop iterations one shader invocation may run in all, where the driver limits them: llvmpipe
-    /// (lavapipe) ends every loop of an invocation once 65535 back-edges have run, silently.
+    /// (lavapipe) ends every loop of an invocation once 65535 back-edges have run, silently. Software
+    /// drivers (CPU-type adapters) are probed once ([`Self::probe_loop_limit`]): another one may
+    /// have another limit or none; hardware adapters are taken to have none. A probe that fails
+    /// answers lavapipe's limit.
     fn loop_budget(&self) -> Option<u64> {
-        (self.gpu.info.device_type == wgpu::DeviceType::Cpu).then_some(65_535)
+        if self.gpu.info.device_type != wgpu::DeviceType::Cpu {
+            return None;
+        }
+        *self
+            .loop_limit
+            .get_or_init(|| self.probe_loop_limit().unwrap_or(Some(LAVAPIPE_LOOP_LIMIT)))
+    }
+
+    /// Runs probe.wgsl's loop of [`PROBE_ITERATIONS`] in one invocation: the iterations it
+    /// completed where the driver ended it early, `None` where it ran them all.
+    fn probe_loop_limit(&self) -> Result<Option<u64>> {
+        let count = self.storage("loop probe", 8)?;
+        let params = Params {
+            seq: PROBE_ITERATIONS,
+            ..Default::default()
+        };
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.dispatch(
+            &mut enc,
+            &self.pipes.loop_probe,
+            &params,
+            &[&count],
+            [1, 1, 1],
+        );
+        self.gpu.queue.submit([enc.finish()]);
+        let ran = self
+            .read(&count, 0, 4)?
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| self.launch_error("loop_probe", "a short readback".into()))?;
+        Ok((ran < PROBE_ITERATIONS).then_some(u64::from(ran)))
     }
 
     /// Refuses sequences whose per-invocation loops (the means and the V quantization walk every
@@ -1205,6 +1252,38 @@ mod tests {
             )
             .validate(&module)
             .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        }
+    }
+
+    /// The loop probe sees llvmpipe's limit (lavapipe in CI: the budget the length checks were
+    /// measured against, 65535 back-edges); a hardware adapter has none.
+    #[test]
+    fn the_loop_probe_finds_the_drivers_limit() {
+        let backend = match WgpuBackend::new() {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(
+                    std::env::var("SAGE_REQUIRE")
+                        .unwrap_or_default()
+                        .split(',')
+                        .all(|r| r != NAME),
+                    "{e}"
+                );
+                return;
+            }
+        };
+        let probed = backend.probe_loop_limit().expect("the probe runs");
+        if backend.gpu.info.device_type != wgpu::DeviceType::Cpu {
+            assert_eq!(backend.loop_budget(), None);
+        } else if backend.gpu.describe().contains("llvmpipe") {
+            let n = probed.expect("llvmpipe limits loops");
+            assert!(
+                (LAVAPIPE_LOOP_LIMIT..=LAVAPIPE_LOOP_LIMIT + 1).contains(&n),
+                "{n}"
+            );
+            assert_eq!(backend.loop_budget(), Some(n));
+        } else {
+            assert_eq!(backend.loop_budget(), probed);
         }
     }
 

@@ -9,7 +9,7 @@ use sage_core::{Error, Result};
 pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 
 /// (file name, source, entry points) of every stage.
-pub const STAGES: [(&str, &str, &[&str]); 8] = [
+pub const STAGES: [(&str, &str, &[&str]); 9] = [
     (
         "convert.wgsl",
         include_str!("../../../shaders/convert.wgsl"),
@@ -50,6 +50,11 @@ pub const STAGES: [(&str, &str, &[&str]); 8] = [
         include_str!("../../../shaders/store.wgsl"),
         &["store_output"],
     ),
+    (
+        "probe.wgsl",
+        include_str!("../../../shaders/probe.wgsl"),
+        &["loop_probe"],
+    ),
 ];
 
 /// The full source of one stage, as the device compiles it.
@@ -67,6 +72,7 @@ pub struct Pipelines {
     pub attn_quantized: wgpu::ComputePipeline,
     pub attn_exact: wgpu::ComputePipeline,
     pub store_output: wgpu::ComputePipeline,
+    pub loop_probe: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
@@ -113,6 +119,7 @@ impl Pipelines {
             attn_quantized: next()?,
             attn_exact: next()?,
             store_output: next()?,
+            loop_probe: next()?,
         })
     }
 }
