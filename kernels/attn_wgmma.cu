@@ -290,8 +290,9 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // BENCHMARKS.md session 17) once two values leave their registers: the item's indices, which
     // the epilogue recomputes from an opaque copy of w, and the dS loop's loads, unrolled by 4 (fully
     // unrolled, 4 bytes spilled on the smooth_q path; by 2, 2 % slower: ptxas's schedules differ).
-    // At DP = 64 the trio keeps its former code (the same changes cost it 4 %).
-    constexpr bool TRIO_WHOLE = NC == 3 && !PERSIST && DP == 128;
+    // At DP = 64 the trio keeps its former code (the same changes cost it 4 %), and at KVT = 64
+    // (not measured).
+    constexpr bool TRIO_WHOLE = NC == 3 && !PERSIST && DP == 128 && KVT == 128;
     constexpr int PV_CH = F::PIPE || TRIO_WHOLE ? DP : 64;
     // The solo form converts the int32 dot products with I2FP (dot_to_float, an ALU instruction), the
     // others through the bias (the fold of update_biased): +2 to +4 % at 1024 keys for the solo form,

@@ -4,7 +4,7 @@
 // counts them all.
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> count: array<u32>;
+@group(0) @binding(1) var<storage, read_write> count: array<atomic<u32>>;
 
 @compute @workgroup_size(1)
 fn loop_probe() {
@@ -13,9 +13,9 @@ fn loop_probe() {
         if (i >= P.seq) {
             break;
         }
-        // a store per iteration, so that no compiler folds the loop into its trip count
-        count[1] = i;
+        // an atomic per iteration, so that no compiler folds the loop into its trip count
+        atomicAdd(&count[1], 1u);
         i++;
     }
-    count[0] = i;
+    atomicStore(&count[0], i);
 }

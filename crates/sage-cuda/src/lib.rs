@@ -205,10 +205,10 @@ type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
 /// warpgroups of 64 query rows, one CTA per multiprocessor; `Solo` one consumer warpgroup that issues
 /// its own copies and runs its products in order, three CTAs per multiprocessor (at kv_block = head
 /// dim = 128 only without alignment slack: [`CudaBackend::wgmma_smem_slack`]); `Trio` the pair with
-/// a third consumer warpgroup (160 registers per consumer, each running its products in order; at
-/// head dim 128 its P V in two halves of 64 channels); `Persist` and `TrioPersist` the pair and the
-/// trio with one CTA per multiprocessor looping over work items, so that the next item's loads and
-/// the last item's output copies overlap the consumers' work.
+/// a third consumer warpgroup (160 registers per consumer, each running its products in order);
+/// `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor looping over
+/// work items, so that the next item's loads and the last item's output copies overlap the
+/// consumers' work (the persistent trio at head dim 128 runs its P V in two halves of 64 channels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
@@ -1010,10 +1010,12 @@ impl CudaBackend {
     ) -> Result<CudaFunction> {
         use sys::CUfunction_attribute_enum as A;
         let f = self.function(module, name)?;
-        let done = self
-            .prepared
-            .lock()
-            .ok()
+        // One guard from the read to the record: two threads' first launches of one function
+        // wanting different limits must not leave the driver with the smaller and the record with
+        // the larger. (A poisoned lock: everything set again, as on every launch before.)
+        let mut prepared = self.prepared.lock().ok();
+        let done = prepared
+            .as_ref()
             .and_then(|m| m.get(name).copied())
             .unwrap_or_default();
         let want = done.wants(smem, module == Module::AttnWgmma, cluster);
@@ -1033,7 +1035,7 @@ impl CudaBackend {
         if want.non_portable != done.non_portable {
             set(A::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)?;
         }
-        if let Ok(mut m) = self.prepared.lock() {
+        if let Some(m) = prepared.as_mut() {
             m.insert(name.to_string(), want);
         }
         Ok(f)
@@ -2376,8 +2378,6 @@ mod tests {
                         let f = auto_form(128, 128, seq_k, causal, out16, solo3);
                         let other = if out16 && seq_k <= PERSIST_MAX_KEYS {
                             WgmmaForm::Persist
-                        } else if out16 && !causal {
-                            WgmmaForm::TrioPersist
                         } else {
                             WgmmaForm::Trio
                         };
