@@ -996,17 +996,18 @@ impl CudaBackend {
     /// the Hopper kernel, so that as many blocks fit as their shared memory allows (the Hopper
     /// kernel's solo form needs three per multiprocessor).
     fn function_for(&self, module: Module, name: &str, smem: u32) -> Result<CudaFunction> {
-        self.prepared_function(module, name, smem, 1)
+        self.cluster_function(module, name, 1, smem)
     }
 
-    /// `name` with the attributes a launch of `smem` bytes of dynamic shared memory in clusters of
-    /// `cluster` CTAs needs, each set once per function ([`Prepared::wants`]).
-    fn prepared_function(
+    /// [`Self::function_for`], also set up for clusters of `cluster` CTAs (above 8, a non-portable
+    /// size, which the function must allow): each attribute set once per function
+    /// ([`Prepared::wants`]).
+    fn cluster_function(
         &self,
         module: Module,
         name: &str,
-        smem: u32,
         cluster: u32,
+        smem: u32,
     ) -> Result<CudaFunction> {
         use sys::CUfunction_attribute_enum as A;
         let f = self.function(module, name)?;
@@ -1100,18 +1101,6 @@ impl CudaBackend {
         // the sizes it states, scalars in their C types); launch errors are checked below.
         unsafe { builder.launch(cfg) }.map_err(|e| driver_error(name, e))?;
         Ok(())
-    }
-
-    /// [`Self::function_for`], also set up for clusters of `cluster` CTAs (above 8, a non-portable
-    /// size, which the function must allow).
-    fn cluster_function(
-        &self,
-        module: Module,
-        name: &str,
-        cluster: u32,
-        smem: u32,
-    ) -> Result<CudaFunction> {
-        self.prepared_function(module, name, smem, cluster)
     }
 
     /// Whether the device can run at least one cluster of `cluster` CTAs of quant.cu's `name` (256

@@ -1244,6 +1244,24 @@ impl AttentionBackend for WgpuBackend {
 mod tests {
     use super::*;
 
+    /// The backend, or `None` where no adapter opens and `SAGE_REQUIRE` does not name wgpu (it
+    /// fails the test where it does: CI must not skip).
+    fn backend_unless_required() -> Option<WgpuBackend> {
+        match WgpuBackend::new() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                assert!(
+                    std::env::var("SAGE_REQUIRE")
+                        .unwrap_or_default()
+                        .split(',')
+                        .all(|r| r != NAME),
+                    "{e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Every shader parses and validates with naga, adapter or not.
     #[test]
     fn shaders_validate_with_naga() {
@@ -1268,18 +1286,8 @@ mod tests {
     /// measured against, 65535 back-edges); a hardware adapter has none.
     #[test]
     fn the_loop_probe_finds_the_drivers_limit() {
-        let backend = match WgpuBackend::new() {
-            Ok(b) => b,
-            Err(e) => {
-                assert!(
-                    std::env::var("SAGE_REQUIRE")
-                        .unwrap_or_default()
-                        .split(',')
-                        .all(|r| r != NAME),
-                    "{e}"
-                );
-                return;
-            }
+        let Some(backend) = backend_unless_required() else {
+            return;
         };
         let probed = backend.probe_loop_limit().expect("the probe runs");
         assert!(probed <= u64::from(PROBE_ITERATIONS), "{probed}");
@@ -1298,18 +1306,8 @@ mod tests {
     /// every magnitude, ties and near-ties included.
     #[test]
     fn div_exact_matches_ieee_division() {
-        let backend = match WgpuBackend::new() {
-            Ok(b) => b,
-            Err(e) => {
-                assert!(
-                    std::env::var("SAGE_REQUIRE")
-                        .unwrap_or_default()
-                        .split(',')
-                        .all(|r| r != NAME),
-                    "{e}"
-                );
-                return;
-            }
+        let Some(backend) = backend_unless_required() else {
+            return;
         };
         let gpu = &backend.gpu;
         let shader = format!(
