@@ -28,7 +28,10 @@
 //     copied out by the producer's other three warps while the consumers start the next item. Ahead
 //     where a CTA's fixed costs are a large share, up to 2048 keys (BENCHMARKS.md, sessions 10-12),
 //     and the persistent trio at D = 128 without a causal mask at every length (session 17).
-//   The host's choice per shape: sage-cuda's `auto_form`.
+//   persistent trio quantizing Q (`_trio_persist_q`, DP = KVT = 128, 16-bit inputs): its producer
+//     warpgroup's warps 1 and 2 also quantize item n + 1's Q tile from the 16-bit input while item n
+//     runs (quantize_q_tile below), so the quantization stage has no Q pass.
+//   The host's choice per shape: sage-cuda's `auto_form` (and `fused_q_case` for the last).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
 //     scores:         S = Q K_j^T by wgmma m64nKVTk32 s8 (Q and K_j from shared memory), int32 exact;
 //                     [smooth_q] dS of the tile's keys from K_j's codes while the wgmma runs
@@ -57,6 +60,7 @@
 #include "common/softmax.cuh"
 #include "common/epilogue.cuh"
 #include "common/hopper.cuh"
+#include "common/qcodes.cuh"
 #endif
 
 #ifdef SAGE_HAVE_WGMMA
@@ -67,6 +71,7 @@
 #define WG_CONSUMER_REGS 240
 #define WG_BAR_OWN 1  // 1 .. NC: each consumer's own barrier (dS, the staged outputs)
 #define WG_BAR_EPI 4  // every consumer past its last P V: the ring can hold the outputs
+#define WG_BAR_QX 5   // QF: the producer's two quantizing warps are done with the staged 16-bit Q chunk
 
 // The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo, 3 = trio
 // (the pair's layout with a third consumer: 160 registers each). PERSIST (pair and trio): one CTA per
@@ -111,7 +116,7 @@ __host__ __device__ constexpr u32 swizzle_mode(int row_bytes) { return row_bytes
 // dS | sv, vm (x BUFS) | [persistent] staged outputs. The host asks for `BYTES + slack` of dynamic
 // shared memory (slack 1024, or 0 where its probe found the start aligned: ABI.md) and the kernel
 // aligns the base.
-template <int DP, int KVT, int NC, bool PERSIST = false>
+template <int DP, int KVT, int NC, bool PERSIST = false, bool QF = false>
 struct WgSmem {
     typedef WgForm<NC, PERSIST> F;
     // The solo form at KVT = DP = 128 keeps two slots: three CTAs' 3 * 75 KiB (the 64 KiB ring, its
@@ -127,7 +132,8 @@ struct WgSmem {
     static constexpr int BAR_OFF = V_OFF + STAGES * V_BYTES;
     // barriers: q_full and epi_full per buffer, [persistent] item_empty per buffer, out_full,
     // out_empty; then k_full, k_empty, v_full, v_empty for each stage
-    static constexpr int HEAD_BARS = PERSIST ? 8 : 2;
+    // (QF: qx_full, the 16-bit Q chunk's copy, and one unused: 16 bytes keep the offsets below aligned)
+    static constexpr int HEAD_BARS = QF ? 10 : PERSIST ? 8 : 2;
     static constexpr int QM_OFF = BAR_OFF + 8 * (HEAD_BARS + 4 * STAGES);
     // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
     static constexpr int DS_OFF = QM_OFF + 4 * NC * DP;
@@ -137,7 +143,14 @@ struct WgSmem {
     // persistent: the consumers' 16-bit outputs (the pair form stages them in its ring, which the
     // persistent form is already filling with the next item's tiles by then)
     static constexpr int STAGE_OFF = EPI_OFF + F::BUFS * EPI_BYTES;
-    static constexpr int BYTES = STAGE_OFF + (PERSIST ? F::Q_TILE * DP * 2 : 0);
+    static constexpr int QS_OFF = STAGE_OFF + (PERSIST ? F::Q_TILE * DP * 2 : 0);
+    // QF (the Q tile quantized in the kernel): the item's Q scales per buffer (per-thread groups:
+    // 8 per 32 rows), then one consumer's 64 rows of 16-bit Q as two boxes of 64 channels (128-byte
+    // rows, the 128-byte swizzle: 1024-byte aligned)
+    static constexpr int QS_COUNT = F::Q_TILE / 32 * 8;
+    static constexpr int QX_OFF = (QS_OFF + (QF ? F::BUFS * 4 * QS_COUNT : 0) + 1023) / 1024 * 1024;
+    static constexpr int QX_BOX = 64 * 128;
+    static constexpr int BYTES = QF ? QX_OFF + 2 * QX_BOX : QS_OFF;
     static_assert(EPI_OFF % 16 == 0, "bulk copies need 16-byte aligned destinations");
     static constexpr u32 QK_SWIZZLE = swizzle_mode(DP);
     static constexpr u32 V_SWIZZLE = swizzle_mode(KVT);
@@ -269,15 +282,93 @@ SAGE_DEVICE void copy_out_rows(const unsigned char* stage, OutT* obase, i64 o_sn
     }
 }
 
-template <int DP, int KVT, int NC, bool PERSIST, class OUT>
+// ---- quantize_q in the kernel (QF) -----------------------------------------------------------
+// The persistent trio at DP = 128 can quantize its Q tiles itself (ALGORITHM.md Step 3 for Q, without
+// smooth_q or the rotation: quantize_q_rows's case), so that the quantization stage has no Q pass:
+// the producer warpgroup's warps 1 and 2, idle but for the output copies, quantize item n + 1's tile
+// into its Q buffer while the consumers run item n. Per 64-row chunk (a consumer's rows) TMA copies
+// the 16-bit values as two boxes of 64 channels with the 128-byte swizzle (chunk k of row r at k ^
+// (r % 8): a phase's eight lanes read eight rows from eight bank groups); thread r takes row r. Its
+// codes and scale are quantize_q_rows's exactly (qcodes.cuh): the group absmax an integer max on
+// the 16-bit patterns (per-thread groups: the lanes of rows r % 8 of a warp's 32, which is a 32-token
+// block as items start at multiples of 192; per-warp groups: the warp), rint(x * 127 / amax) through
+// code_bits. The codes go where TMA put them before: row-major 128-byte rows, 128-byte swizzle.
+// Per-block groups (128 tokens) straddle the 192-row items: the host quantizes Q first there.
+template <class DT, bool INF>
+SAGE_DEVICE void q_row_codes(const unsigned char* row, int r, float inv, unsigned char* dst_row, int local) {
+    auto chunk = [&](int k) {
+        return *(const U32x4*)(row + (k / 8) * (64 * 128) + (((k % 8) ^ (r % 8)) * 16));
+    };
+    auto code = [&](u32 bits16) {
+        const float v = DT::load((u16)bits16);
+        return INF ? code_bits_inf(v) : code_bits(v, inv);
+    };
+    auto pack = [&](u32 a, u32 c) { return pack_code_bytes(code(a & 0xffffu), code(a >> 16), code(c & 0xffffu), code(c >> 16)); };
+#pragma unroll 1
+    for (int m = 0; m < 8; ++m) {
+        const U32x4 a = chunk(2 * m), b = chunk(2 * m + 1);
+        *(U32x4*)(dst_row + (swizzled(local, 16 * m, 128) - local * 128)) =
+            U32x4{pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w)};
+    }
+}
+
+template <class DT, int Q_TILE>
+SAGE_DEVICE void quantize_q_tile(const TmaMap& q_map, int qt, int h, int b, i64 qhead, int Nq, int gran,
+                                 unsigned char* q_tile, float* scales, u32 qx, const unsigned char* qx_ptr,
+                                 u32 qx_full, int& qx_uses, int* q_flag, int r) {
+    const int lane = r % 32;
+    const unsigned char* row = qx_ptr + r * 128;
+#pragma unroll 1
+    for (int c = 0; c < Q_TILE / 64; ++c) {
+        if (r == 0) {
+            mbar_arrive_expect_tx(qx_full, 2 * 64 * 128);
+            tma_load_4d(qx, &q_map, 0, qt * Q_TILE + 64 * c, h, b, qx_full);
+            tma_load_4d(qx + 64 * 128, &q_map, 64, qt * Q_TILE + 64 * c, h, b, qx_full);
+        }
+        mbar_wait(qx_full, (u32)(qx_uses & 1));
+        ++qx_uses;
+        u32 m2 = 0u;
+#pragma unroll 4
+        for (int k = 0; k < 16; ++k) {
+            const U32x4 v = *(const U32x4*)(row + (k / 8) * (64 * 128) + (((k % 8) ^ (r % 8)) * 16));
+            m2 = __vmaxu2(m2, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                                       __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
+        }
+        u32 gm = max_u32(m2 & 0xffffu, m2 >> 16);
+        const int local = 64 * c + r, token = qt * Q_TILE + local;
+        if (gm >= inf_bits16(DT()) && token < Nq) flag_nonfinite(q_flag, qhead * Nq + token);
+        if (gran != GRAN_PER_THREAD) {
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
+            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
+        }
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+        const float amax = DT::load((u16)gm);
+        if (gran == GRAN_PER_THREAD ? lane < 8 : lane == 0) scales[q_scale_group(gran, local)] = quant_scale(amax, 127);
+        const float inv = quant_inv(amax, 127);
+        unsigned char* dst_row = q_tile + local * 128;
+        if (inv <= 3.40282347e38f)
+            q_row_codes<DT, false>(row, r, inv, dst_row, local);
+        else
+            q_row_codes<DT, true>(row, r, inv, dst_row, local);  // bf16 only, rare
+        // the codes for the consumers' wgmma (async proxy), and the staged chunk free for the next copy
+        fence_proxy_async();
+        named_sync(WG_BAR_QX, 64);
+    }
+}
+
+template <int DP, int KVT, int NC, bool PERSIST, class OUT, bool QF = false>
 SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaMap& v_map,
                             const float* __restrict__ q_scales, const float* __restrict__ k_scales,
                             const float* __restrict__ v_scales, const float* __restrict__ vm,
                             const float* __restrict__ qm, const float* __restrict__ qkm, void* __restrict__ out_ptr,
                             i64 o_sb, i64 o_sh, i64 o_sn, float* __restrict__ lse, int B, int Hq, int Hkv, int Nq,
-                            int Nk, int D, int gran, int causal, float sm_scale) {
+                            int Nk, int D, int gran, int causal, float sm_scale, int* __restrict__ q_flag) {
     typedef WgForm<NC, PERSIST> F;
-    typedef WgSmem<DP, KVT, NC, PERSIST> L;
+    typedef WgSmem<DP, KVT, NC, PERSIST, QF> L;
+    static_assert(!QF || (PERSIST && NC == 3 && DP == 128 && sizeof(typename OUT::T) == 2),
+                  "the Q tile is quantized in the kernel by the persistent trio at DP = 128, 16-bit inputs");
     constexpr int STAGES = L::STAGES;
     constexpr int NT = KVT / 8;   // 8-key slices of S
     constexpr int NG = KVT / 64;  // 64-key K scale groups per tile
@@ -315,6 +406,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // copied out (the producer's three copying warps)
     auto item_empty = [&](int b) { return bars + 8 * (2 * F::BUFS + b); };
     const u32 out_full = bars + 8 * 6, out_empty = bars + 8 * 7;
+    const u32 qx_full = bars + 8 * 8;  // QF
     auto k_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + s); };
     auto k_empty = [&](int s) { return bars + 8 * (L::HEAD_BARS + STAGES + s); };
     auto v_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + 2 * STAGES + s); };
@@ -403,7 +495,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // (the trap ends the CUDA context, as any device-side fault would: never a wrong answer).
         if (base - smem_addr(smem_raw) + L::BYTES > dynamic_smem_bytes()) __trap();
         for (int b = 0; b < F::BUFS; ++b) {
-            mbar_init(q_full(b), 1);
+            // QF: the producer's two quantizing warps arrive once the tile's codes are in
+            mbar_init(q_full(b), QF ? 64 : 1);
             mbar_init(epi_full(b), 1);
             if (PERSIST) mbar_init(item_empty(b), NC * WG_THREADS);
         }
@@ -413,6 +506,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             mbar_init(out_full, NC * WG_THREADS);
             mbar_init(out_empty, WG_THREADS - 32);
         }
+        if (QF) mbar_init(qx_full, 1);
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
@@ -427,7 +521,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     if constexpr (F::PRODUCER) {
         if (wg == 0) {
             // ---- producer (pair form) ----
-            regs_release<WG_PRODUCER_REGS>();
+            // (QF: 32, the quantizing warps' values; 128 * 32 + 3 * 128 * 160 is the whole register file)
+            regs_release<QF ? 32 : WG_PRODUCER_REGS>();
             if (tid == 0) {
                 tma_prefetch_map(&q_map);
                 tma_prefetch_map(&k_map);
@@ -436,7 +531,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
                 for (int n = 0, w = blockIdx.x; w < n_items; w = next_item(w), ++n) {
                     const int b = n % F::BUFS;
                     if (PERSIST) mbar_wait(item_empty(b), ((n / 2) & 1) ^ 1);  // item n - 2 is done with it
-                    load_q(w, b);
+                    if (!QF) load_q(w, b);
                     load_epilogue(w, b);
                     const int n_tiles = item(w).n_tiles;
                     // rolled: the producer has 24 registers (unrolled, the persistent loop spilled)
@@ -454,8 +549,28 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             } else if (PERSIST && tid >= 32) {
                 // Warps 1-3 copy each item's staged outputs out (whole 16-byte chunks of rows) while the
                 // consumers go on with the next item.
+                // QF: warps 1 and 2 also quantize each item's Q tile, the next item's while the
+                // consumers run this one (its buffer is free once they are done with item n - 1).
                 const unsigned char* stage = base_ptr + L::STAGE_OFF;
+                const bool quantizer = QF && tid < 96;
+                int qx_uses = 0;  // chunks staged so far: the phase of qx_full
+                auto quantize_q = [&](int w, int qbuf) {
+                    if constexpr (QF) {
+                        const Item it = item(w);
+                        quantize_q_tile<OUT, F::Q_TILE>(q_map, it.qt, it.h, it.b, it.qhead, Nq, gran,
+                                                        base_ptr + qbuf * L::Q_BYTES,
+                                                        (float*)(base_ptr + L::QS_OFF) + qbuf * L::QS_COUNT,
+                                                        base + L::QX_OFF, base_ptr + L::QX_OFF, qx_full, qx_uses,
+                                                        q_flag, tid - 32);
+                        mbar_arrive(q_full(qbuf));
+                    }
+                };
+                if (quantizer && (int)blockIdx.x < n_items) quantize_q(blockIdx.x, 0);
                 for (int n = 0, w = blockIdx.x; w < n_items; w = next_item(w), ++n) {
+                    if (quantizer && next_item(w) < n_items) {
+                        mbar_wait(item_empty((n + 1) % 2), (((n + 1) / 2) & 1) ^ 1);
+                        quantize_q(next_item(w), (n + 1) % 2);
+                    }
                     mbar_wait(out_full, n & 1);
                     const Item it = item(w);
                     // rolled (24 registers)
@@ -540,7 +655,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // One Q scale per lane (rows g and g+8 of a warp's 16 share their group at every granularity),
         // with sm_scale * log2(e) folded in as attn_mma.cu does.
         const int gq = q_scale_group(gran, row0);
-        const float sq = __fmul_rn(gq < groups_q ? q_scales[item(w).qhead * groups_q + gq] : 1.0f, logit_scale);
+        // (QF: from the scales the producer's warps wrote beside the tile, once it is in)
+        float sq = QF ? 0.0f : __fmul_rn(gq < groups_q ? q_scales[item(w).qhead * groups_q + gq] : 1.0f, logit_scale);
         // the lane's K scale column (per-thread groups), from a fresh %laneid: kept from the prologue, the
         // value spilled in the persistent kv64 x hd128 form
         auto t_k = [&]() {
@@ -571,6 +687,16 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         for (int i = 0; i < CT * 4; ++i) o[i] = 0.0f;
 
         mbar_wait(q_full(qb()), q_phase());
+        if constexpr (QF) {
+            // the lane's row in the item from a fresh %tid.x: derived before the wait, ptxas kept the
+            // index through it in local memory
+            u32 x;
+            asm volatile("mov.u32 %0, %%tid.x;" : "=r"(x));
+            x -= WG_THREADS;
+            const int local = (int)(x / WG_THREADS) * 64 + (int)(x % WG_THREADS) / 32 * 16 + (int)(x % 32) / 4;
+            sq = __fmul_rn(((const float*)(base_ptr + L::QS_OFF))[qb() * L::QS_COUNT + q_scale_group(gran, local)],
+                           logit_scale);
+        }
         // F::PIPE (the pair forms): a software pipeline inside the warpgroup. Iteration j issues
         // S_j = Q K_j^T and then P_{j-1} V_{j-1}, waits only for S_j, and runs the softmax of tile j
         // while the tensor cores do P_{j-1} V_{j-1}; then it folds that product into acc with tile
@@ -769,18 +895,19 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 // or at most that many for the persistent forms (one per SM), Q_TILE = 128 (pair, `_persist`), 64
 // (`_solo`) or 192 (`_trio`, `_trio_persist`).
 // Parameters: ABI.md ("Hopper kernel").
-#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, PERSIST, OUT)                                                     \
+#define SAGE_WGMMA_ENTRY_QF(NAME, DP, KVT, NC, PERSIST, OUT, QF)                                              \
     extern "C" __global__ void __launch_bounds__(WgForm<NC>::THREADS, WgForm<NC>::MIN_CTAS)                   \
         NAME(const __grid_constant__ TmaMap q_map, const __grid_constant__ TmaMap k_map,                      \
              const __grid_constant__ TmaMap v_map, const float* q_scales, const float* k_scales,              \
              const float* v_scales, const float* vm, const float* qm, const float* qkm, void* out,            \
              i64 o_stride_b, i64 o_stride_h, i64 o_stride_n, float* lse, int B, int Hq, int Hkv, int Nq,      \
-             int Nk, int D, int granularity, int causal, float sm_scale) {                                   \
+             int Nk, int D, int granularity, int causal, float sm_scale, int* q_flag) {                      \
         grid_dependency_sync();                                                                               \
-        attn_wgmma<DP, KVT, NC, PERSIST, OUT>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm, qkm, out,      \
-                                     o_stride_b, o_stride_h, o_stride_n, lse, B, Hq, Hkv, Nq, Nk, D,          \
-                                     granularity, causal, sm_scale);                                          \
+        attn_wgmma<DP, KVT, NC, PERSIST, OUT, QF>(q_map, k_map, v_map, q_scales, k_scales, v_scales, vm, qm,  \
+                                                  qkm, out, o_stride_b, o_stride_h, o_stride_n, lse, B, Hq,   \
+                                                  Hkv, Nq, Nk, D, granularity, causal, sm_scale, q_flag);     \
     }
+#define SAGE_WGMMA_ENTRY(NAME, DP, KVT, NC, PERSIST, OUT) SAGE_WGMMA_ENTRY_QF(NAME, DP, KVT, NC, PERSIST, OUT, false)
 #define SAGE_WGMMA_FORMS(NAME, DP, KVT, OUT)                \
     SAGE_WGMMA_ENTRY(NAME, DP, KVT, 2, false, OUT)          \
     SAGE_WGMMA_ENTRY(NAME##_solo, DP, KVT, 1, false, OUT)   \
@@ -792,6 +919,10 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv64_hd128_##DT, 128, 64, OUT) \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd64_##DT, 64, 128, OUT) \
     SAGE_WGMMA_FORMS(attn_int8_fp8_wgmma_kv128_hd128_##DT, 128, 128, OUT)
+// `_trio_persist_q`: the persistent trio quantizing its Q tiles itself (QF; q_map a 4-D map of the
+// 16-bit Q, ABI.md), 16-bit inputs only
+#define SAGE_WGMMA_QF_ENTRY(DT, OUT) \
+    SAGE_WGMMA_ENTRY_QF(attn_int8_fp8_wgmma_kv128_hd128_##DT##_trio_persist_q, 128, 128, 3, true, OUT, true)
 
 // attn_wgmma_smem_probe_{f16|bf16|f32}(u32* out): one thread writes where the CTA's dynamic shared
 // memory starts, modulo 1024 (declared with attn_wgmma's alignment, under its own name: one name for
@@ -806,10 +937,12 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
 
 #ifdef SAGE_WANT_F16
 SAGE_WGMMA_SHAPES(f16, DtF16)
+SAGE_WGMMA_QF_ENTRY(f16, DtF16)
 SAGE_WGMMA_PROBE(f16)
 #endif
 #ifdef SAGE_WANT_BF16
 SAGE_WGMMA_SHAPES(bf16, DtBF16)
+SAGE_WGMMA_QF_ENTRY(bf16, DtBF16)
 SAGE_WGMMA_PROBE(bf16)
 #endif
 #ifdef SAGE_WANT_F32

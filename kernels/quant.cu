@@ -19,6 +19,7 @@
 #include "common/int4.cuh"
 #include "common/groups.cuh"
 #include "common/hadamard.cuh"
+#include "common/qcodes.cuh"
 #endif
 
 #define QUANT_THREADS 256
@@ -215,8 +216,6 @@ SAGE_DEVICE void tile_group_amax(const float (&x)[RowLayout<DP>::STEPS][8], int 
     }
 }
 
-// scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
-SAGE_DEVICE float quant_scale(float amax, int qmax) { return amax == 0.0f ? 1.0f : __fdiv_rn(amax, (float)qmax); }
 // A channel's FP8 V scale (Step 7): amax / 448, and 1 where that is zero: amax == 0, or an f32 amax
 // below ~3e-43 (448 * 2^-150) whose quotient underflows (V / 0 would code every value as NaN or 448; with 1 the
 // channel's codes are 0, off by less than its amax).
@@ -224,7 +223,6 @@ SAGE_DEVICE float v_scale(float amax) {
     const float s = __fdiv_rn(amax, E4M3_MAX);
     return s == 0.0f ? 1.0f : s;
 }
-SAGE_DEVICE float quant_inv(float amax, int qmax) { return amax == 0.0f ? 0.0f : __fdiv_rn((float)qmax, amax); }
 
 // The tile's scale groups from their absmax in `gmax`: qmax/amax of each into `ginv` (for K also
 // 127/amax into `ginv8`, for quantize_k's INT8 copy), and the scales of the groups that exist into
@@ -726,27 +724,7 @@ SAGE_DEVICE void quantize_q(const typename DT::T* q, i64 sb, i64 sh, i64 sn, int
 // is set alike, and the call fails on it either way.
 #define QROWS_THREADS 256
 
-// Unsigned max (the integer max of non-negative float bit patterns).
-SAGE_DEVICE u32 max_u32(u32 a, u32 b) { return a > b ? a : b; }
 
-// The f16 / bf16 patterns at or above which |x| is Inf or NaN.
-SAGE_DEVICE u32 inf_bits16(DtF16) { return 0x7c00u; }
-SAGE_DEVICE u32 inf_bits16(DtBF16) { return 0x7f80u; }
-
-// rint(x * inv) as the low byte of a float: x * inv rounded first (as __fmul_rn in quantize_q), then
-// adding 1.5 * 2^23 rounds it to an integer, half to even, exactly as __float2int_rn does for
-// |v| < 2^22 (here |v| <= 127: |x| <= amax, while inv is finite). The integer's two's-complement
-// byte is the float's low byte, and no clamp is needed. It keeps 16K codes per tile off the
-// quarter-rate conversion unit.
-SAGE_DEVICE u32 code_bits(float x, float inv) { return __float_as_uint(__fadd_rn(__fmul_rn(x, inv), 12582912.0f)); }
-// The same bits when inv = 127 / amax is +Inf (a bf16 group whose absmax is below 127 / FLT_MAX):
-// x * inv is +-Inf, or NaN for x = 0, which quantize_q's clamp(__float2int_rn(.)) and the CPU turn
-// into +-127 and 0.
-SAGE_DEVICE u32 code_bits_inf(float x) { return 0x4B400000u + (x > 0.0f ? 127u : (x < 0.0f ? (u32)-127 : 0u)); }
-
-SAGE_DEVICE u32 pack_code_bytes(u32 a, u32 b, u32 c, u32 d) {
-    return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
-}
 
 // Copies tile rows t0 .. t0+127 (those < N) of a head into `buf` (the swizzled layout above).
 template <class DT, int DP>

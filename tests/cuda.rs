@@ -104,3 +104,111 @@ fn hopper_solo_form() {
 fn hopper_persistent_trio_across_items() {
     suite_with_hopper_form("trio-persist:2");
 }
+
+/// The persistent trio that quantizes its own Q tiles (`_trio_persist_q`) against the same form with
+/// the quantization stage's Q pass: the same codes and scales, so the same outputs bit for bit, in
+/// both layouts and 16-bit dtypes, per-thread and per-warp groups, causal or not, with GQA and at
+/// lengths that end inside a 64-row chunk; and a NaN or Inf in Q is reported where the CPU would.
+#[test]
+fn hopper_fused_q_matches_the_q_pass() {
+    use sage::random::Distribution;
+    use sage::{AttentionBackend, AttentionParams, DType, Error, Granularity, Layout, Mode};
+    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
+    else {
+        return;
+    };
+    if backend.arch() != "sm_90a" {
+        println!("skipped: {} has no Hopper kernel", backend.arch());
+        return;
+    }
+    // three CTAs, so that each crosses many items (the next item's Q quantized during this one)
+    backend
+        .set_wgmma_cta("trio-persist:3")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inputs = [
+        (DType::F16, Layout::Hnd, 1000, 700),
+        (DType::BF16, Layout::Nhd, 963, 1000),
+        (DType::F16, Layout::Nhd, 64, 1300),
+        (DType::BF16, Layout::Hnd, 1601, 257),
+    ];
+    for (i, (dtype, layout, seq_q, seq_k)) in inputs.into_iter().enumerate() {
+        let case = conformance::Case {
+            batch: 2,
+            heads_q: 4,
+            heads_kv: 2,
+            seq_q,
+            seq_k,
+            head_dim: 128,
+            dtype,
+            layout,
+        };
+        let (q, k, v) = case.inputs(0xF05E + i as u64, Distribution::KOutliers);
+        for granularity in [Granularity::PerThread, Granularity::PerWarp] {
+            for causal in [false, true] {
+                let p = AttentionParams {
+                    mode: Mode::Int8Fp8,
+                    granularity,
+                    causal,
+                    ..Default::default()
+                };
+                let what = format!("{case:?} {granularity} causal {causal}");
+                backend.set_fuse_q(true);
+                let entry = backend
+                    .hopper_entry(&q, &k, &v, &p)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(
+                    entry.as_deref().unwrap_or(""),
+                    format!("attn_int8_fp8_wgmma_kv128_hd128_{dtype}_trio_persist_q"),
+                    "{what}"
+                );
+                let run = |b: &sage_cuda::CudaBackend| {
+                    b.attention(&q, &k, &v, &p)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"))
+                        .out
+                        .to_f32_hnd()
+                };
+                let fused = run(&backend);
+                backend.set_fuse_q(false);
+                let pass = run(&backend);
+                assert!(
+                    fused.iter().all(|x| x.is_finite()),
+                    "{what}: non-finite output"
+                );
+                let differ = fused
+                    .iter()
+                    .zip(&pass)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{what}: {differ} outputs differ from the Q pass's"
+                );
+            }
+        }
+        // a non-finite Q element: named as the CPU names it
+        backend.set_fuse_q(true);
+        let (batch, head, token) = (1, 3, seq_q - 1);
+        let mut vals = q.to_f32_hnd();
+        let bad = if i % 2 == 0 { f32::NAN } else { f32::INFINITY };
+        vals[q.shape().index(Layout::Hnd, batch, head, token, 77)] = bad;
+        let q_bad = sage::Tensor::from_f32_hnd(&vals, q.shape(), dtype, layout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = AttentionParams {
+            mode: Mode::Int8Fp8,
+            ..Default::default()
+        };
+        match backend.attention(&q_bad, &k, &v, &p) {
+            Err(Error::NonFinite {
+                tensor: "Q",
+                batch: b,
+                head: h,
+                token: n,
+                ..
+            }) if (b, h, n) == (batch, head, token) => {}
+            other => panic!(
+                "{bad} in Q at ({batch}, {head}, {token}), {dtype} {layout}: {:?}",
+                other.map(|_| "an output")
+            ),
+        }
+    }
+}

@@ -59,6 +59,18 @@ SAGE_DEVICE void tma_load_2d(u32 dst, const void* map, int c0, int c1, u32 bar) 
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+// A 4-D box at (c0 = innermost, c1, c2, c3): the Hopper kernel's 16-bit Q tiles (channels, tokens,
+// head, batch), whatever the input's layout.
+SAGE_DEVICE void tma_load_4d(u32 dst, const void* map, int c0, int c1, int c2, int c3, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(
+            dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+        : "memory");
+}
+// Orders this thread's shared-memory accesses (generic proxy) before later ones of the async proxy
+// (wgmma operands, bulk copies into the same bytes).
+SAGE_DEVICE void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // tma_load_2d with its barrier's expect_tx, issued by the lanes where `issue` holds, as predicated
 // instructions: a branch around them would be a divergent path inside a wgmma pipeline, and ptxas
 // then serializes every wgmma of the kernel (C7520).

@@ -13,6 +13,7 @@
 #include "common/int4.cuh"
 #include "common/groups.cuh"
 #include "common/hadamard.cuh"
+#include "common/qcodes.cuh"
 #include "common/mask.cuh"
 #include "common/softmax.cuh"
 #include "common/epilogue.cuh"

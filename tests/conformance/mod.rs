@@ -89,7 +89,7 @@ pub struct Case {
 }
 
 impl Case {
-    fn inputs(&self, salt: u64, dist: Distribution) -> (Tensor, Tensor, Tensor) {
+    pub fn inputs(&self, salt: u64, dist: Distribution) -> (Tensor, Tensor, Tensor) {
         let mut rng = Rng::new(seed() ^ salt.wrapping_mul(0x9E37_79B9));
         let q = Shape::new(self.batch, self.heads_q, self.seq_q, self.head_dim);
         let kv = Shape::new(self.batch, self.heads_kv, self.seq_k, self.head_dim);

@@ -239,7 +239,7 @@ pub const CONFIG_KEYS: [&str; 8] = [
 ];
 
 /// `SAGE_*` variables that belong to a backend or the test harness, not to the config layers.
-pub const ENV_PASSTHROUGH: [&str; 21] = [
+pub const ENV_PASSTHROUGH: [&str; 22] = [
     "SAGE_WGPU_ADAPTER",
     "SAGE_CUDA_CACHE_DIR",
     "SAGE_KERNEL_DIR",
@@ -248,6 +248,7 @@ pub const ENV_PASSTHROUGH: [&str; 21] = [
     "SAGE_CUDA_WGMMA",
     "SAGE_CUDA_WGMMA_CTA",
     "SAGE_CUDA_Q_ROWS",
+    "SAGE_CUDA_FUSE_Q",
     "SAGE_CUDA_K_ROWS",
     "SAGE_CUDA_V_COLS",
     "SAGE_CUDA_V_CLUSTER",

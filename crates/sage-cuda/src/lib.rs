@@ -209,6 +209,8 @@ type ModuleKey = (Module, Option<nvrtc::EntryDtype>);
 /// `Persist` and `TrioPersist` the pair and the trio with one CTA per multiprocessor looping over
 /// work items, so that the next item's loads and the last item's output copies overlap the
 /// consumers' work (the persistent trio at head dim 128 runs its P V in two halves of 64 channels).
+/// `TrioPersistQ` is the persistent trio that quantizes its own Q tiles from the 16-bit input (the
+/// stage then has no Q pass): taken in place of `TrioPersist` where [`fused_q_case`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WgmmaForm {
     Pair,
@@ -216,6 +218,7 @@ enum WgmmaForm {
     Persist,
     Trio,
     TrioPersist,
+    TrioPersistQ,
 }
 
 impl WgmmaForm {
@@ -224,7 +227,7 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 128,
             WgmmaForm::Solo => 64,
-            WgmmaForm::Trio | WgmmaForm::TrioPersist => 192,
+            WgmmaForm::Trio | WgmmaForm::TrioPersist | WgmmaForm::TrioPersistQ => 192,
         }
     }
     /// K/V ring depth at head dim `dp` and kv_block `kvt` (`WgSmem::STAGES`).
@@ -232,14 +235,14 @@ impl WgmmaForm {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist | WgmmaForm::Trio => 4,
             WgmmaForm::Solo if dp == 128 && kvt == 128 => 2,
-            WgmmaForm::Solo | WgmmaForm::TrioPersist => 3,
+            WgmmaForm::Solo | WgmmaForm::TrioPersist | WgmmaForm::TrioPersistQ => 3,
         }
     }
     fn threads(self) -> u32 {
         match self {
             WgmmaForm::Pair | WgmmaForm::Persist => 384,
             WgmmaForm::Solo => 128,
-            WgmmaForm::Trio | WgmmaForm::TrioPersist => 512,
+            WgmmaForm::Trio | WgmmaForm::TrioPersist | WgmmaForm::TrioPersistQ => 512,
         }
     }
     fn suffix(self) -> &'static str {
@@ -249,11 +252,15 @@ impl WgmmaForm {
             WgmmaForm::Persist => "_persist",
             WgmmaForm::Trio => "_trio",
             WgmmaForm::TrioPersist => "_trio_persist",
+            WgmmaForm::TrioPersistQ => "_trio_persist_q",
         }
     }
     /// Whether its CTAs loop over work items (one per multiprocessor).
     fn persistent(self) -> bool {
-        matches!(self, WgmmaForm::Persist | WgmmaForm::TrioPersist)
+        matches!(
+            self,
+            WgmmaForm::Persist | WgmmaForm::TrioPersist | WgmmaForm::TrioPersistQ
+        )
     }
     /// Q tile and sv / vm buffers (`WgForm::BUFS`).
     fn bufs(self) -> usize {
@@ -267,6 +274,14 @@ impl WgmmaForm {
 
 /// What `SAGE_CUDA_WGMMA_CTA` asks for: a form, and for a persistent form a cap on its CTAs.
 type FormSetting = Option<(WgmmaForm, Option<usize>)>;
+
+/// One call's Hopper kernel: its form, a cap on a persistent form's CTAs, and for `TrioPersistQ` the
+/// tensor map of the 16-bit Q input it quantizes.
+struct WgmmaPlan {
+    form: WgmmaForm,
+    cap: Option<usize>,
+    q_map: Option<TensorMap>,
+}
 
 /// Parses `SAGE_CUDA_WGMMA_CTA`: `pair`, `solo`, `trio`, `persist`, `trio-persist`, a persistent form
 /// with `:<CTAs>` (at most that many CTAs, so that each crosses many items: a test setting), or unset /
@@ -379,17 +394,54 @@ const SOLO_CAUSAL_MAX_KEYS: usize = 4096;
 /// rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q tile),
 /// the persistent forms' staged 16-bit outputs, and `slack` bytes for the kernel to align its base
 /// (ABI.md, `WgSmem` in attn_wgmma.cu; [`CudaBackend::wgmma_smem_slack`]).
+/// `TrioPersistQ` adds two barriers, the items' Q scales (per buffer, 8 per 32 rows) and, from the
+/// next 1024-byte boundary, a consumer's 64 rows of 16-bit Q.
 fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usize {
     let (stages, nc, bufs) = (form.stages(dp, kvt), form.consumers(), form.bufs());
     let persist = form.persistent();
-    bufs * form.rows() * dp
+    let fused_q = form == WgmmaForm::TrioPersistQ;
+    let head_bars = if fused_q {
+        10
+    } else if persist {
+        8
+    } else {
+        2
+    };
+    let bytes = bufs * form.rows() * dp
         + stages * 2 * kvt * dp
-        + 8 * (if persist { 8 } else { 2 } + 4 * stages)
+        + 8 * (head_bars + 4 * stages)
         + 4 * nc * dp
         + 4 * nc * 2 * kvt
         + bufs * 4 * 2 * dp
-        + if persist { form.rows() * dp * 2 } else { 0 }
-        + slack
+        + if persist { form.rows() * dp * 2 } else { 0 };
+    let bytes = if fused_q {
+        (bytes + bufs * 4 * form.rows() / 32 * 8).div_ceil(1024) * 1024 + 64 * dp * 2
+    } else {
+        bytes
+    };
+    bytes + slack
+}
+
+/// The Hopper kernel's entry point for a problem in `form`.
+fn wgmma_entry(p: &Problem, form: WgmmaForm) -> String {
+    format!(
+        "attn_int8_fp8_wgmma_kv{}_hd{}_{}{}",
+        p.kv_block,
+        p.head_dim_padded,
+        dtype_suffix(p.dtype),
+        form.suffix()
+    )
+}
+
+/// Whether the persistent trio may quantize its Q tiles itself (`_trio_persist_q`, attn_wgmma.cu,
+/// unless `SAGE_CUDA_FUSE_Q=0`): quantize_q_rows's case (a lean 16-bit input, INT8 codes, no
+/// smooth_q, rotation or q . km), at head dim and kv_block 128, with scale groups of 32 tokens
+/// (per-thread or per-warp: the 192-row items would split per-block groups of 128).
+fn fused_q_case(p: &Problem, q_ptr: Arg) -> bool {
+    q_rows_case(p, q_ptr)
+        && p.head_dim_padded == 128
+        && p.kv_block == 128
+        && matches!(p.granularity, Granularity::PerThread | Granularity::PerWarp)
 }
 
 /// The attributes set on one function: its dynamic shared memory limit (0: the default 48 KiB), the
@@ -466,6 +518,9 @@ pub struct CudaBackend {
     wgmma_form: std::result::Result<FormSetting, String>,
     /// Q's Step 3 by quantize_q_rows where it can (unless `SAGE_CUDA_Q_ROWS=0`, for comparisons).
     q_rows: bool,
+    /// Q's Step 3 inside the persistent trio where [`fused_q_case`] holds (unless
+    /// `SAGE_CUDA_FUSE_Q=0`).
+    fuse_q: bool,
     /// K's Step 3 by quantize_k_rows where it can (unless `SAGE_CUDA_K_ROWS=0`).
     k_rows: bool,
     /// V's FP8 scales and codes by quantize_v_cols where it can: `SAGE_CUDA_V_COLS` `0` turns it
@@ -823,6 +878,7 @@ impl CudaBackend {
             wgmma: cc == (9, 0) && std::env::var("SAGE_CUDA_WGMMA").map_or(true, |v| v != "0"),
             wgmma_form: wgmma_form_setting(std::env::var("SAGE_CUDA_WGMMA_CTA").ok().as_deref()),
             q_rows: std::env::var("SAGE_CUDA_Q_ROWS").map_or(true, |v| v != "0"),
+            fuse_q: std::env::var("SAGE_CUDA_FUSE_Q").map_or(true, |v| v != "0"),
             pdl: cc.0 >= 9
                 && driver_version() >= 12_000
                 && std::env::var("SAGE_CUDA_PDL").map_or(true, |v| v != "0")
@@ -860,6 +916,31 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Lets the persistent trio quantize its own Q tiles where it can (on: `SAGE_CUDA_FUSE_Q`'s
+    /// default) or leaves Q to the quantization stage, for tests that compare the two.
+    pub fn set_fuse_q(&mut self, on: bool) {
+        self.fuse_q = on;
+    }
+
+    /// The Hopper entry point that `attention` on these inputs would launch (`None` where the call
+    /// takes another kernel: not sm_90a, not `int8-fp8`), for tests that must know a path ran.
+    pub fn hopper_entry(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        params: &AttentionParams,
+    ) -> Result<Option<String>> {
+        let p = self.problem(&q.meta(), &k.meta(), &v.meta(), params)?;
+        if !(self.wgmma && p.mode == Mode::Int8Fp8) {
+            return Ok(None);
+        }
+        let dq = self.upload(q)?;
+        let buf = &dq.handle::<GpuTensor>(NAME)?.buf;
+        let plan = self.wgmma_plan(&p, (buf, q.meta()))?;
+        Ok(Some(wgmma_entry(&p, plan.form)))
+    }
+
     /// How many freed bytes the device's default memory pool keeps across synchronizations: all of
     /// them (`u64::MAX`) while a backend from `new` is open, unless `SAGE_CUDA_POOL_KEEP=0`; the
     /// last such backend of a device to close puts back the threshold it found.
@@ -883,13 +964,17 @@ impl CudaBackend {
         }
         let slack = self.wgmma_smem_slack(DType::F16);
         for (dp, kvt) in [(64, 64), (64, 128), (128, 64), (128, 128)] {
+            let fused_q = (dp == 128 && kvt == 128).then_some(WgmmaForm::TrioPersistQ);
             for form in [
                 WgmmaForm::Pair,
                 WgmmaForm::Solo,
                 WgmmaForm::Persist,
                 WgmmaForm::Trio,
                 WgmmaForm::TrioPersist,
-            ] {
+            ]
+            .into_iter()
+            .chain(fused_q)
+            {
                 let name = format!("attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_f16{}", form.suffix());
                 let smem = wgmma_smem_bytes(dp, kvt, form, slack);
                 // set up as launch_with does, so the figure is the one launches get
@@ -1280,6 +1365,60 @@ impl CudaBackend {
         Ok(TensorMap(unsafe { map.assume_init() }))
     }
 
+    /// The 4-D tensor map (channels, tokens, head, batch) of a 16-bit Q input in either layout, for
+    /// `_trio_persist_q`: boxes of 64 channels (128-byte rows, the 128-byte swizzle) by 64 tokens;
+    /// tokens past the sequence read as zeros.
+    fn q_input_map(&self, buf: &CudaSlice<u8>, meta: &TensorMeta) -> Result<TensorMap> {
+        use sys::{
+            CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+            CUtensorMapL2promotion, CUtensorMapSwizzle,
+        };
+        let Arg::Ptr(ptr) = self.ptr(buf) else {
+            unreachable!()
+        };
+        let s = meta.shape;
+        let bytes = |a: Arg| match a {
+            Arg::I64(v) => v as u64 * 2,
+            _ => 0,
+        };
+        let [sb, sh, sn] = strides(meta);
+        let dims = [
+            s.head_dim as u64,
+            s.seq as u64,
+            s.heads as u64,
+            s.batch as u64,
+        ];
+        let strides = [bytes(sn), bytes(sh), bytes(sb)];
+        let boxes = [64u32, 64, 1, 1];
+        let elem = [1u32; 4];
+        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("tensor map", e))?;
+        // SAFETY: the arrays hold `rank` = 4 entries (strides rank - 1); `ptr` is the live input
+        // buffer these dims and strides describe; the driver writes the 128-byte map.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                map.as_mut_ptr(),
+                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+                4,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                elem.as_ptr(),
+                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(|e| driver_error("cuTensorMapEncodeTiled", e))?;
+        // SAFETY: written by the successful call above (and zeroed before it).
+        Ok(TensorMap(unsafe { map.assume_init() }))
+    }
+
     /// A new device buffer of `bytes` (whole 4-byte words). When the device is out of memory, what
     /// this backend keeps (its scratch list, the default pool's freed memory) is handed back to the
     /// driver and the allocation tried once more.
@@ -1398,11 +1537,9 @@ impl CudaBackend {
 
     /// The Hopper attention kernel (attn_wgmma.cu) on the buffers of the quantization stage; `tail`
     /// is the argument list of the mma.sync kernel from `out` on (ABI.md, "Hopper kernel").
-    fn launch_wgmma(&self, p: &Problem, bufs: &QuantBuffers, tail: &[Arg]) -> Result<()> {
-        let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
-        let kvt = p.kv_block;
-        // one answer for the form and the launch (a failed probe is not kept, so a second call here
-        // could probe again)
+    /// The Hopper kernel's form for this call, decided before the quantization stage (which has no
+    /// Q pass for `TrioPersistQ`).
+    fn wgmma_plan(&self, p: &Problem, q: (&CudaSlice<u8>, TensorMeta)) -> Result<WgmmaPlan> {
         let slack = self.wgmma_smem_slack(p.dtype);
         let (form, cap) = self
             .wgmma_form
@@ -1411,18 +1548,57 @@ impl CudaBackend {
             .unwrap_or_else(|| {
                 let out16 = p.dtype != DType::F32;
                 (
-                    auto_form(dp, kvt, p.seq_k, p.causal, out16, slack == 0),
+                    auto_form(
+                        p.head_dim_padded,
+                        p.kv_block,
+                        p.seq_k,
+                        p.causal,
+                        out16,
+                        slack == 0,
+                    ),
                     None,
                 )
             });
-        let maps = [
-            self.tensor_map(
+        if form == WgmmaForm::TrioPersist && self.fuse_q && fused_q_case(p, self.ptr(q.0)) {
+            // a layout the driver cannot map keeps the Q pass (the unfused form is as right)
+            if let Ok(map) = self.q_input_map(q.0, &q.1) {
+                return Ok(WgmmaPlan {
+                    form: WgmmaForm::TrioPersistQ,
+                    cap,
+                    q_map: Some(map),
+                });
+            }
+        }
+        Ok(WgmmaPlan {
+            form,
+            cap,
+            q_map: None,
+        })
+    }
+
+    fn launch_wgmma(
+        &self,
+        p: &Problem,
+        bufs: &QuantBuffers,
+        tail: &[Arg],
+        plan: WgmmaPlan,
+    ) -> Result<()> {
+        let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
+        let kvt = p.kv_block;
+        let slack = self.wgmma_smem_slack(p.dtype);
+        let (form, cap) = (plan.form, plan.cap);
+        let q_map = match plan.q_map {
+            Some(map) => map,
+            None => self.tensor_map(
                 &bufs.q_codes,
                 dp,
                 b * hq * bufs.nq_pad,
                 dp as u32,
                 form.rows() as u32,
             )?,
+        };
+        let maps = [
+            q_map,
             self.tensor_map(
                 &bufs.k_codes,
                 dp,
@@ -1440,15 +1616,13 @@ impl CudaBackend {
             self.opt_ptr(&bufs.qm),
             self.opt_ptr(&bufs.qkm),
         ];
-        // the mma.sync list from `out` to `lse`, then B (the grid is flat), then Hq on
+        // the mma.sync list from `out` to `lse`, then B (the grid is flat), then Hq on, then Q's
+        // non-finite flag (set by `_trio_persist_q`, which quantizes Q)
         args.extend_from_slice(&tail[..5]);
         args.push(Arg::I32(b as i32));
         args.extend_from_slice(&tail[5..]);
-        let name = format!(
-            "attn_int8_fp8_wgmma_kv{kvt}_hd{dp}_{}{}",
-            dtype_suffix(p.dtype),
-            form.suffix()
-        );
+        args.push(self.ptr(&bufs.nonfinite));
+        let name = wgmma_entry(p, form);
         let items = p.seq_q.div_ceil(form.rows()) * hq * b;
         // the persistent forms: one CTA per multiprocessor (their shared memory allows no second), each
         // taking one item per round of `ctas` (attn_wgmma.cu, item_of)
@@ -1469,10 +1643,12 @@ impl CudaBackend {
     }
 
     /// Steps 1-8 of kernels/ABI.md's launch order: the quantization stage.
+    /// `fused_q`: the attention kernel quantizes Q itself (`_trio_persist_q`), so no Q pass.
     fn quantize_stage(
         &self,
         p: &Problem,
         inputs: [(&CudaSlice<u8>, TensorMeta); 3],
+        fused_q: bool,
     ) -> Result<QuantBuffers> {
         let (b, hq, hk, nq, nk) = (p.batch, p.heads_q, p.heads_kv, p.seq_q, p.seq_k);
         let (d, dp) = (p.head_dim, p.head_dim_padded);
@@ -1494,7 +1670,11 @@ impl CudaBackend {
                 None
             },
             sv: if fp8 { Some(f32s(b * hk * dp)?) } else { None },
-            q_codes: self.scratch(b * hq * nq_pad * code_bytes)?,
+            q_codes: self.scratch(if fused_q {
+                16
+            } else {
+                b * hq * nq_pad * code_bytes
+            })?,
             q_scales: f32s(b * hq * groups_q)?,
             k_codes: self.scratch(b * hk * nk_pad * code_bytes)?,
             k_scales: f32s(b * hk * groups_k)?,
@@ -1658,8 +1838,11 @@ impl CudaBackend {
                 &args,
             )?;
         }
-        // Steps 2-3 for Q: quantize_q_rows where its case allows (quant.cu), else quantize_q
-        if self.q_rows && q_rows_case(p, self.ptr(q.0)) {
+        // Steps 2-3 for Q: in the attention kernel (fused_q), quantize_q_rows where its case allows
+        // (quant.cu), else quantize_q
+        if fused_q {
+            // nothing here: `_trio_persist_q` quantizes each Q tile as it loads it
+        } else if self.q_rows && q_rows_case(p, self.ptr(q.0)) {
             let args = [
                 self.ptr(q.0),
                 qs[0],
@@ -1885,7 +2068,13 @@ impl CudaBackend {
             Arg::I32(p.head_dim as i32),
         ];
         let quant = if p.mode.is_quantized() {
-            let bufs = self.quantize_stage(&p, inputs)?;
+            let plan = if self.wgmma && p.mode == Mode::Int8Fp8 {
+                Some(self.wgmma_plan(&p, inputs[0])?)
+            } else {
+                None
+            };
+            let fused_q = plan.as_ref().is_some_and(|plan| plan.q_map.is_some());
+            let bufs = self.quantize_stage(&p, inputs, fused_q)?;
             if let Some(m) = marks {
                 record(&m.attn)?;
             }
@@ -1919,8 +2108,8 @@ impl CudaBackend {
                 Arg::I32(p.causal as i32),
                 Arg::F32(p.sm_scale),
             ]);
-            if self.wgmma && p.mode == Mode::Int8Fp8 {
-                self.launch_wgmma(&p, &bufs, &args[11..])?;
+            if let Some(plan) = plan {
+                self.launch_wgmma(&p, &bufs, &args[11..], plan)?;
             } else {
                 let kind = match p.mode {
                     Mode::Int4Fp8 => "int4_fp8",
@@ -2121,7 +2310,7 @@ impl AttentionBackend for CudaBackend {
                 feature: "quantize with an empty dimension".into(),
             });
         }
-        let bufs = self.quantize_stage(&p, inputs)?;
+        let bufs = self.quantize_stage(&p, inputs, false)?;
         self.check_nonfinite(&bufs, inputs)?;
         let (b, hq, hk, nq, nk, d, dp) = (
             p.batch,
@@ -2483,6 +2672,9 @@ mod tests {
         assert_eq!(at(64, 128, WgmmaForm::Trio), 83_344);
         assert_eq!(at(128, 128, WgmmaForm::Trio), 162_448);
         assert_eq!(at(128, 128, WgmmaForm::TrioPersist), 204_448);
+        // + 2 barriers, 2 x 48 Q scales, up to 1024-byte alignment, 64 rows of 16-bit Q
+        assert_eq!(at(128, 128, WgmmaForm::TrioPersistQ), 222_208);
+        assert!(at(128, 128, WgmmaForm::TrioPersistQ) <= 227 * 1024);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::NAME;
 
 /// The common headers, in the order the amalgamation needs them (kernels/ABI.md, "Compiling").
-const HEADERS: [(&str, &str); 11] = [
+const HEADERS: [(&str, &str); 12] = [
     (
         "prelude.cuh",
         include_str!("../../../kernels/common/prelude.cuh"),
@@ -31,6 +31,10 @@ const HEADERS: [(&str, &str); 11] = [
     (
         "hadamard.cuh",
         include_str!("../../../kernels/common/hadamard.cuh"),
+    ),
+    (
+        "qcodes.cuh",
+        include_str!("../../../kernels/common/qcodes.cuh"),
     ),
     ("mask.cuh", include_str!("../../../kernels/common/mask.cuh")),
     (
