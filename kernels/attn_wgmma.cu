@@ -29,7 +29,7 @@
 //     where a CTA's fixed costs are a large share, up to 2048 keys (BENCHMARKS.md, sessions 10-12),
 //     and the persistent trio at D = 128 without a causal mask at every length (session 17).
 //   persistent trio quantizing Q (`_trio_persist_q`, DP = KVT = 128, 16-bit inputs): its producer
-//     warpgroup's warps 1 and 2 also quantize item n + 1's Q tile from the 16-bit input while item n
+//     warpgroup's warps 1-3 also quantize item n + 1's Q tile from the 16-bit input while item n
 //     runs (quantize_q_tile below), so the quantization stage has no Q pass.
 //   The host's choice per shape: sage-cuda's `auto_form` (and `fused_q_case` for the last).
 //   A consumer warpgroup does 64 query rows. Per KV tile:
@@ -71,7 +71,6 @@
 #define WG_CONSUMER_REGS 240
 #define WG_BAR_OWN 1  // 1 .. NC: each consumer's own barrier (dS, the staged outputs)
 #define WG_BAR_EPI 4  // every consumer past its last P V: the ring can hold the outputs
-#define WG_BAR_QX 5   // QF: the producer's two quantizing warps are done with the staged 16-bit Q chunk
 
 // The CTA form with NC consumer warpgroups: 2 = pair (with a producer warpgroup), 1 = solo, 3 = trio
 // (the pair's layout with a third consumer: 160 registers each). PERSIST (pair and trio): one CTA per
@@ -132,8 +131,9 @@ struct WgSmem {
     static constexpr int BAR_OFF = V_OFF + STAGES * V_BYTES;
     // barriers: q_full and epi_full per buffer, [persistent] item_empty per buffer, out_full,
     // out_empty; then k_full, k_empty, v_full, v_empty for each stage
-    // (QF: qx_full, the 16-bit Q chunk's copy, and one unused: 16 bytes keep the offsets below aligned)
-    static constexpr int HEAD_BARS = QF ? 10 : PERSIST ? 8 : 2;
+    // (QF: qx_full of each quantizing warp, its 16-bit Q rows' copy, and one unused: 32 bytes keep
+    // the offsets below aligned)
+    static constexpr int HEAD_BARS = QF ? 12 : PERSIST ? 8 : 2;
     static constexpr int QM_OFF = BAR_OFF + 8 * (HEAD_BARS + 4 * STAGES);
     // smooth_q: qm of the CTA's block per consumer, and dS of a tile per consumer, double-buffered
     static constexpr int DS_OFF = QM_OFF + 4 * NC * DP;
@@ -145,12 +145,12 @@ struct WgSmem {
     static constexpr int STAGE_OFF = EPI_OFF + F::BUFS * EPI_BYTES;
     static constexpr int QS_OFF = STAGE_OFF + (PERSIST ? F::Q_TILE * DP * 2 : 0);
     // QF (the Q tile quantized in the kernel): the item's Q scales per buffer (per-thread groups:
-    // 8 per 32 rows), then one consumer's 64 rows of 16-bit Q as two boxes of 64 channels (128-byte
-    // rows, the 128-byte swizzle: 1024-byte aligned)
+    // 8 per 32 rows), then for each of the three quantizing warps 32 rows of 16-bit Q as two boxes
+    // of 64 channels (128-byte rows, the 128-byte swizzle: 1024-byte aligned)
     static constexpr int QS_COUNT = F::Q_TILE / 32 * 8;
     static constexpr int QX_OFF = (QS_OFF + (QF ? F::BUFS * 4 * QS_COUNT : 0) + 1023) / 1024 * 1024;
-    static constexpr int QX_BOX = 64 * 128;
-    static constexpr int BYTES = QF ? QX_OFF + 2 * QX_BOX : QS_OFF;
+    static constexpr int QX_BOX = 32 * 128;
+    static constexpr int BYTES = QF ? QX_OFF + 3 * 2 * QX_BOX : QS_OFF;
     static_assert(EPI_OFF % 16 == 0, "bulk copies need 16-byte aligned destinations");
     static constexpr u32 QK_SWIZZLE = swizzle_mode(DP);
     static constexpr u32 V_SWIZZLE = swizzle_mode(KVT);
@@ -285,20 +285,37 @@ SAGE_DEVICE void copy_out_rows(const unsigned char* stage, OutT* obase, i64 o_sn
 // ---- quantize_q in the kernel (QF) -----------------------------------------------------------
 // The persistent trio at DP = 128 can quantize its Q tiles itself (ALGORITHM.md Step 3 for Q, without
 // smooth_q or the rotation: quantize_q_rows's case), so that the quantization stage has no Q pass:
-// the producer warpgroup's warps 1 and 2, idle but for the output copies, quantize item n + 1's tile
-// into its Q buffer while the consumers run item n. Per 64-row chunk (a consumer's rows) TMA copies
-// the 16-bit values as two boxes of 64 channels with the 128-byte swizzle (chunk k of row r at k ^
-// (r % 8): a phase's eight lanes read eight rows from eight bank groups); thread r takes row r. Its
-// codes and scale are quantize_q_rows's exactly (qcodes.cuh): the group absmax an integer max on
-// the 16-bit patterns (per-thread groups: the lanes of rows r % 8 of a warp's 32, which is a 32-token
-// block as items start at multiples of 192; per-warp groups: the warp), rint(x * 127 / amax) through
-// code_bits. The codes go where TMA put them before: row-major 128-byte rows, 128-byte swizzle.
-// Per-block groups (128 tokens) straddle the 192-row items: the host quantizes Q first there.
+// the producer warpgroup's warps 1-3, idle but for the output copies, quantize item n + 1's tile into
+// its Q buffer while the consumers run item n. Each warp takes 32-row blocks (one scale-group block:
+// items start at multiples of 192) in turn, each copied by TMA into the warp's own staging buffer as
+// two boxes of 64 channels with the 128-byte swizzle (chunk k of row r at k ^ (r % 8): a phase's
+// eight lanes read eight rows from eight bank groups); lane l takes row l. Three warps rather than
+// two: the work takes issue slots on the schedulers the consumers share (NOTES.md, session 18), so
+// it is spread over three. Its codes and scale are quantize_q_rows's exactly (qcodes.cuh): the group
+// absmax an integer max on the 16-bit patterns (per-thread groups: lanes l, l ^ 8, l ^ 16, l ^ 24;
+// per-warp groups: the warp), rint(x * 127 / amax) through code_bits. The codes go where TMA put
+// them before: row-major 128-byte rows, 128-byte swizzle. Per-block groups (128 tokens) straddle the
+// 192-row items: the host quantizes Q first there.
+#define QX_ROWS 32
+
+// Shared-memory accesses by 32-bit address: the quantizing warps have 32 registers, and generic
+// pointers take two each.
+SAGE_DEVICE U32x4 lds128(u32 addr) {
+    U32x4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+SAGE_DEVICE void sts128(u32 addr, U32x4 v) {
+    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+SAGE_DEVICE void sts32(u32 addr, float v) { asm volatile("st.shared.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory"); }
+
+// Staged 16-bit chunk k (8 channels) of row r, whose row starts at `row`: box k / 8, chunk k % 8
+// swizzled with the row.
+SAGE_DEVICE u32 qx_chunk(u32 row, int r, int k) { return row + (k / 8) * (QX_ROWS * 128) + (((k % 8) ^ (r % 8)) * 16); }
+
 template <class DT, bool INF>
-SAGE_DEVICE void q_row_codes(const unsigned char* row, int r, float inv, unsigned char* dst_row, int local) {
-    auto chunk = [&](int k) {
-        return *(const U32x4*)(row + (k / 8) * (64 * 128) + (((k % 8) ^ (r % 8)) * 16));
-    };
+SAGE_DEVICE void q_row_codes(u32 row, int r, float inv, u32 dst_row, int local) {
     auto code = [&](u32 bits16) {
         const float v = DT::load((u16)bits16);
         return INF ? code_bits_inf(v) : code_bits(v, inv);
@@ -306,37 +323,43 @@ SAGE_DEVICE void q_row_codes(const unsigned char* row, int r, float inv, unsigne
     auto pack = [&](u32 a, u32 c) { return pack_code_bytes(code(a & 0xffffu), code(a >> 16), code(c & 0xffffu), code(c >> 16)); };
 #pragma unroll 1
     for (int m = 0; m < 8; ++m) {
-        const U32x4 a = chunk(2 * m), b = chunk(2 * m + 1);
-        *(U32x4*)(dst_row + (swizzled(local, 16 * m, 128) - local * 128)) =
-            U32x4{pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w)};
+        const U32x4 a = lds128(qx_chunk(row, r, 2 * m)), b = lds128(qx_chunk(row, r, 2 * m + 1));
+        sts128(dst_row + (swizzled(local, 16 * m, 128) - local * 128),
+               U32x4{pack(a.x, a.y), pack(a.z, a.w), pack(b.x, b.y), pack(b.z, b.w)});
     }
 }
 
-template <class DT, int Q_TILE>
-SAGE_DEVICE void quantize_q_tile(const TmaMap& q_map, int qt, int h, int b, i64 qhead, int Nq, int gran,
-                                 unsigned char* q_tile, float* scales, u32 qx, const unsigned char* qx_ptr,
-                                 u32 qx_full, int& qx_uses, int* q_flag, int r) {
-    const int lane = r % 32;
-    const unsigned char* row = qx_ptr + r * 128;
+// Warp `wq` (0-2) of the quantizing warps: its 32-row blocks of item w's Q tile (`item_at(w)`: its
+// query tile, head, batch), into the tile at shared address `q_tile` and its scales at `scales`,
+// through its staging buffer `qx` (whose copies complete on `qx_full`, `qx_uses` so far).
+template <class DT, int Q_TILE, class ITEM>
+SAGE_DEVICE void quantize_q_tile(const TmaMap& q_map, const ITEM& item_at, int w, int Nq, int gran, u32 q_tile,
+                                 u32 scales, u32 qx, u32 qx_full, int& qx_uses, int* q_flag, int wq, int lane) {
+    const u32 row = qx + lane * 128;
 #pragma unroll 1
-    for (int c = 0; c < Q_TILE / 64; ++c) {
-        if (r == 0) {
-            mbar_arrive_expect_tx(qx_full, 2 * 64 * 128);
-            tma_load_4d(qx, &q_map, 0, qt * Q_TILE + 64 * c, h, b, qx_full);
-            tma_load_4d(qx + 64 * 128, &q_map, 64, qt * Q_TILE + 64 * c, h, b, qx_full);
+    for (int c = wq; c < Q_TILE / QX_ROWS; c += 3) {
+        if (lane == 0) {
+            const auto it = item_at(w);
+            mbar_arrive_expect_tx(qx_full, 2 * QX_ROWS * 128);
+            tma_load_4d(qx, &q_map, 0, it.qt * Q_TILE + QX_ROWS * c, it.h, it.b, qx_full);
+            tma_load_4d(qx + QX_ROWS * 128, &q_map, 64, it.qt * Q_TILE + QX_ROWS * c, it.h, it.b, qx_full);
         }
         mbar_wait(qx_full, (u32)(qx_uses & 1));
         ++qx_uses;
         u32 m2 = 0u;
 #pragma unroll 4
         for (int k = 0; k < 16; ++k) {
-            const U32x4 v = *(const U32x4*)(row + (k / 8) * (64 * 128) + (((k % 8) ^ (r % 8)) * 16));
+            const U32x4 v = lds128(qx_chunk(row, lane, k));
             m2 = __vmaxu2(m2, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
                                        __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
         }
         u32 gm = max_u32(m2 & 0xffffu, m2 >> 16);
-        const int local = 64 * c + r, token = qt * Q_TILE + local;
-        if (gm >= inf_bits16(DT()) && token < Nq) flag_nonfinite(q_flag, qhead * Nq + token);
+        const int local = QX_ROWS * c + lane;
+        if (gm >= inf_bits16(DT())) {
+            const auto it = item_at(w);
+            const int token = it.qt * Q_TILE + local;
+            if (token < Nq) flag_nonfinite(q_flag, it.qhead * Nq + token);
+        }
         if (gran != GRAN_PER_THREAD) {
             gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
             gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
@@ -345,16 +368,17 @@ SAGE_DEVICE void quantize_q_tile(const TmaMap& q_map, int qt, int h, int b, i64 
         gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
         gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
         const float amax = DT::load((u16)gm);
-        if (gran == GRAN_PER_THREAD ? lane < 8 : lane == 0) scales[q_scale_group(gran, local)] = quant_scale(amax, 127);
+        if (gran == GRAN_PER_THREAD ? lane < 8 : lane == 0)
+            sts32(scales + 4 * q_scale_group(gran, local), quant_scale(amax, 127));
         const float inv = quant_inv(amax, 127);
-        unsigned char* dst_row = q_tile + local * 128;
+        const u32 dst_row = q_tile + local * 128;
         if (inv <= 3.40282347e38f)
-            q_row_codes<DT, false>(row, r, inv, dst_row, local);
+            q_row_codes<DT, false>(row, lane, inv, dst_row, local);
         else
-            q_row_codes<DT, true>(row, r, inv, dst_row, local);  // bf16 only, rare
-        // the codes for the consumers' wgmma (async proxy), and the staged chunk free for the next copy
+            q_row_codes<DT, true>(row, lane, inv, dst_row, local);  // bf16 only, rare
+        // the codes for the consumers' wgmma (async proxy), and the staged rows free for the next copy
         fence_proxy_async();
-        named_sync(WG_BAR_QX, 64);
+        __syncwarp();
     }
 }
 
@@ -406,7 +430,7 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
     // copied out (the producer's three copying warps)
     auto item_empty = [&](int b) { return bars + 8 * (2 * F::BUFS + b); };
     const u32 out_full = bars + 8 * 6, out_empty = bars + 8 * 7;
-    const u32 qx_full = bars + 8 * 8;  // QF
+    auto qx_full = [&](int q) { return bars + 8 * (8 + q); };  // QF: quantizing warp q's staged rows
     auto k_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + s); };
     auto k_empty = [&](int s) { return bars + 8 * (L::HEAD_BARS + STAGES + s); };
     auto v_full = [&](int s) { return bars + 8 * (L::HEAD_BARS + 2 * STAGES + s); };
@@ -495,8 +519,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
         // (the trap ends the CUDA context, as any device-side fault would: never a wrong answer).
         if (base - smem_addr(smem_raw) + L::BYTES > dynamic_smem_bytes()) __trap();
         for (int b = 0; b < F::BUFS; ++b) {
-            // QF: the producer's two quantizing warps arrive once the tile's codes are in
-            mbar_init(q_full(b), QF ? 64 : 1);
+            // QF: the producer's three quantizing warps arrive once the tile's codes are in
+            mbar_init(q_full(b), QF ? WG_THREADS - 32 : 1);
             mbar_init(epi_full(b), 1);
             if (PERSIST) mbar_init(item_empty(b), NC * WG_THREADS);
         }
@@ -506,7 +530,8 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             mbar_init(out_full, NC * WG_THREADS);
             mbar_init(out_empty, WG_THREADS - 32);
         }
-        if (QF) mbar_init(qx_full, 1);
+        if (QF)
+            for (int q = 0; q < 3; ++q) mbar_init(qx_full(q), 1);
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(k_full(s), 1);
             mbar_init(v_full(s), 1);
@@ -549,20 +574,23 @@ SAGE_DEVICE void attn_wgmma(const TmaMap& q_map, const TmaMap& k_map, const TmaM
             } else if (PERSIST && tid >= 32) {
                 // Warps 1-3 copy each item's staged outputs out (whole 16-byte chunks of rows) while the
                 // consumers go on with the next item.
-                // QF: warps 1 and 2 also quantize each item's Q tile, the next item's while the
-                // consumers run this one (its buffer is free once they are done with item n - 1).
+                // QF: they also quantize each item's Q tile, the next item's while the consumers run
+                // this one (its buffer is free once they are done with item n - 1).
                 const unsigned char* stage = base_ptr + L::STAGE_OFF;
-                const bool quantizer = QF && tid < 96;
-                int qx_uses = 0;  // chunks staged so far: the phase of qx_full
+                const bool quantizer = QF;
+                const int wq = tid / 32 - 1;
+                int qx_uses = 0;  // blocks this warp staged so far: the phase of its qx_full
                 auto quantize_q = [&](int w, int qbuf) {
                     if constexpr (QF) {
-                        const Item it = item(w);
-                        quantize_q_tile<OUT, F::Q_TILE>(q_map, it.qt, it.h, it.b, it.qhead, Nq, gran,
-                                                        base_ptr + qbuf * L::Q_BYTES,
-                                                        (float*)(base_ptr + L::QS_OFF) + qbuf * L::QS_COUNT,
-                                                        base + L::QX_OFF, base_ptr + L::QX_OFF, qx_full, qx_uses,
-                                                        q_flag, tid - 32);
-                        mbar_arrive(q_full(qbuf));
+                        quantize_q_tile<OUT, F::Q_TILE>(q_map, item, w, Nq, gran, base + qbuf * L::Q_BYTES,
+                                                        base + L::QS_OFF + qbuf * 4 * L::QS_COUNT,
+                                                        base + L::QX_OFF + wq * 2 * L::QX_BOX, qx_full(wq),
+                                                        qx_uses, q_flag, wq, tid % 32);
+                        // the buffer's barrier from an opaque copy of qbuf: its address, shared with the
+                        // wait before the call, was otherwise kept through it in local memory
+                        int qb = qbuf;
+                        asm volatile("mov.b32 %0, %1;" : "=r"(qb) : "r"(qbuf));
+                        mbar_arrive(q_full(qb));
                     }
                 };
                 if (quantizer && (int)blockIdx.x < n_items) quantize_q(blockIdx.x, 0);

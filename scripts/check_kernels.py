@@ -44,6 +44,7 @@ HEADER_ORDER = [
     "int4.cuh",
     "groups.cuh",
     "hadamard.cuh",
+    "qcodes.cuh",
     "mask.cuh",
     "softmax.cuh",
     "epilogue.cuh",
@@ -87,7 +88,7 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
             for d in HEAD_DIMS
             for dt in dtypes
             for p in ("", "_solo", "_persist", "_trio", "_trio_persist")
-        }
+        } | {f"attn_int8_fp8_wgmma_kv128_hd128_{dt}_trio_persist_q" for dt in dtypes if dt != "f32"}
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check

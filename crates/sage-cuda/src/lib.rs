@@ -275,11 +275,12 @@ impl WgmmaForm {
 /// What `SAGE_CUDA_WGMMA_CTA` asks for: a form, and for a persistent form a cap on its CTAs.
 type FormSetting = Option<(WgmmaForm, Option<usize>)>;
 
-/// One call's Hopper kernel: its form, a cap on a persistent form's CTAs, and for `TrioPersistQ` the
-/// tensor map of the 16-bit Q input it quantizes.
+/// One call's Hopper kernel: its form, a cap on a persistent form's CTAs, the alignment slack the
+/// form was chosen with, and for `TrioPersistQ` the tensor map of the 16-bit Q input it quantizes.
 struct WgmmaPlan {
     form: WgmmaForm,
     cap: Option<usize>,
+    slack: usize,
     q_map: Option<TensorMap>,
 }
 
@@ -394,14 +395,14 @@ const SOLO_CAUSAL_MAX_KEYS: usize = 4096;
 /// rings, mbarriers, each consumer's qm and double-buffered dS, the epilogue's sv and vm (per Q tile),
 /// the persistent forms' staged 16-bit outputs, and `slack` bytes for the kernel to align its base
 /// (ABI.md, `WgSmem` in attn_wgmma.cu; [`CudaBackend::wgmma_smem_slack`]).
-/// `TrioPersistQ` adds two barriers, the items' Q scales (per buffer, 8 per 32 rows) and, from the
-/// next 1024-byte boundary, a consumer's 64 rows of 16-bit Q.
+/// `TrioPersistQ` adds four barriers, the items' Q scales (per buffer, 8 per 32 rows) and, from the
+/// next 1024-byte boundary, 32 rows of 16-bit Q for each of its three quantizing warps.
 fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usize {
     let (stages, nc, bufs) = (form.stages(dp, kvt), form.consumers(), form.bufs());
     let persist = form.persistent();
     let fused_q = form == WgmmaForm::TrioPersistQ;
     let head_bars = if fused_q {
-        10
+        12
     } else if persist {
         8
     } else {
@@ -415,7 +416,7 @@ fn wgmma_smem_bytes(dp: usize, kvt: usize, form: WgmmaForm, slack: usize) -> usi
         + bufs * 4 * 2 * dp
         + if persist { form.rows() * dp * 2 } else { 0 };
     let bytes = if fused_q {
-        (bytes + bufs * 4 * form.rows() / 32 * 8).div_ceil(1024) * 1024 + 64 * dp * 2
+        (bytes + bufs * 4 * form.rows() / 32 * 8).div_ceil(1024) * 1024 + 3 * 32 * dp * 2
     } else {
         bytes
     };
@@ -1389,7 +1390,7 @@ impl CudaBackend {
             s.batch as u64,
         ];
         let strides = [bytes(sn), bytes(sh), bytes(sb)];
-        let boxes = [64u32, 64, 1, 1];
+        let boxes = [64u32, 32, 1, 1];
         let elem = [1u32; 4];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         self.ctx
@@ -1559,12 +1560,18 @@ impl CudaBackend {
                     None,
                 )
             });
-        if form == WgmmaForm::TrioPersist && self.fuse_q && fused_q_case(p, self.ptr(q.0)) {
+        // (`SAGE_CUDA_Q_ROWS=0`, which asks for the general Q kernel, keeps the pass too)
+        if form == WgmmaForm::TrioPersist
+            && self.fuse_q
+            && self.q_rows
+            && fused_q_case(p, self.ptr(q.0))
+        {
             // a layout the driver cannot map keeps the Q pass (the unfused form is as right)
             if let Ok(map) = self.q_input_map(q.0, &q.1) {
                 return Ok(WgmmaPlan {
                     form: WgmmaForm::TrioPersistQ,
                     cap,
+                    slack,
                     q_map: Some(map),
                 });
             }
@@ -1572,6 +1579,7 @@ impl CudaBackend {
         Ok(WgmmaPlan {
             form,
             cap,
+            slack,
             q_map: None,
         })
     }
@@ -1585,8 +1593,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let (b, hq, hk, dp) = (p.batch, p.heads_q, p.heads_kv, p.head_dim_padded);
         let kvt = p.kv_block;
-        let slack = self.wgmma_smem_slack(p.dtype);
-        let (form, cap) = (plan.form, plan.cap);
+        // the plan's slack: one answer for the form and the launch (a failed probe is not kept)
+        let (form, cap, slack) = (plan.form, plan.cap, plan.slack);
         let q_map = match plan.q_map {
             Some(map) => map,
             None => self.tensor_map(
@@ -1675,7 +1683,7 @@ impl CudaBackend {
             } else {
                 b * hq * nq_pad * code_bytes
             })?,
-            q_scales: f32s(b * hq * groups_q)?,
+            q_scales: f32s(if fused_q { 1 } else { b * hq * groups_q })?,
             k_codes: self.scratch(b * hk * nk_pad * code_bytes)?,
             k_scales: f32s(b * hk * groups_k)?,
             k8: if int4 && p.smooth_q {
@@ -2672,8 +2680,8 @@ mod tests {
         assert_eq!(at(64, 128, WgmmaForm::Trio), 83_344);
         assert_eq!(at(128, 128, WgmmaForm::Trio), 162_448);
         assert_eq!(at(128, 128, WgmmaForm::TrioPersist), 204_448);
-        // + 2 barriers, 2 x 48 Q scales, up to 1024-byte alignment, 64 rows of 16-bit Q
-        assert_eq!(at(128, 128, WgmmaForm::TrioPersistQ), 222_208);
+        // + 4 barriers, 2 x 48 Q scales, up to 1024-byte alignment, 3 x 32 rows of 16-bit Q
+        assert_eq!(at(128, 128, WgmmaForm::TrioPersistQ), 230_400);
         assert!(at(128, 128, WgmmaForm::TrioPersistQ) <= 227 * 1024);
     }
 

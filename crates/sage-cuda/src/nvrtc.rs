@@ -423,7 +423,7 @@ pub fn entry_dtype(module: Module, name: &str) -> Option<EntryDtype> {
 }
 
 /// One input dtype's entry points of a module (`-DSAGE_ONLY_<T>`, prelude.cuh): a third of the
-/// module's NVRTC time (attn_wgmma.cu's 63 entries take ~90 s on sm_90a), so a process compiles
+/// module's NVRTC time (attn_wgmma.cu's 65 entries take ~90 s on sm_90a), so a process compiles
 /// only the types it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryDtype {
