@@ -88,7 +88,9 @@ def expected_entries(cu_file, arch, dtypes=DTYPES):
             for d in HEAD_DIMS
             for dt in dtypes
             for p in ("", "_solo", "_persist", "_trio", "_trio_persist")
-        } | {f"attn_int8_fp8_wgmma_kv128_hd128_{dt}_trio_persist_q" for dt in dtypes if dt != "f32"}
+        } | {f"attn_int8_fp8_wgmma_kv128_hd128_{dt}_trio_persist_q" for dt in dtypes if dt != "f32"} | {
+            f"attn_wgmma_smem_probe_{dt}" for dt in dtypes
+        }
     if cu_file == "attn_exact.cu":
         return {f"attn_exact_hd{d}_{dt}" for d in HEAD_DIMS for dt in dtypes}
     return None  # unknown file: no entry-point check
