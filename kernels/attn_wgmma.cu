@@ -360,13 +360,7 @@ SAGE_DEVICE void quantize_q_tile(const TmaMap& q_map, const ITEM& item_at, int w
             const int token = it.qt * Q_TILE + local;
             if (token < Nq) flag_nonfinite(q_flag, it.qhead * Nq + token);
         }
-        if (gran != GRAN_PER_THREAD) {
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
-        }
-        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
-        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+        gm = q_warp_group_amax(gm, gran);
         const float amax = DT::load((u16)gm);
         if (gran == GRAN_PER_THREAD ? lane < 8 : lane == 0)
             sts32(scales + 4 * q_scale_group(gran, local), quant_scale(amax, 127));

@@ -827,16 +827,9 @@ SAGE_DEVICE void quantize_q_rows(const typename DT::T* q, i64 sb, i64 sh, i64 sn
         // rows past N are zeros: codes 0, no amax
         u32 x[CH][4];
         u32 gm = rows_tile_in<DT, DP>(base, sn, N, t, last, slot, buf0, smem, row, half, x, nonfinite, head);
-        // the group's absmax: per-thread subgroups are lanes l, l^8, l^16, l^24 (rows r % 8 of the
-        // warp's 32-token block), per-warp groups the warp, per-block groups the tile; then the other
-        // half of the same rows (warp w ^ 4)
-        if (gran != GRAN_PER_THREAD) {
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
-            gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
-        }
-        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
-        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+        // the group's absmax: over the warp's 32-token block (qcodes.cuh), per-block groups then
+        // over the tile; first with the other half of the same rows (warp w ^ 4)
+        gm = q_warp_group_amax(gm, gran);
         part[tid] = gm;
         __syncthreads();
         gm = max_u32(gm, part[tid ^ 128]);

@@ -58,17 +58,22 @@ fn memory_pool_keeps_freed_memory() {
     assert_eq!(threshold(&second), u64::MAX);
 }
 
+/// The CUDA backend where it runs the Hopper kernel (sm_90a), or `None` (skipped, as said).
+fn hopper_backend() -> Option<sage_cuda::CudaBackend> {
+    let backend = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())?;
+    if backend.arch() != "sm_90a" {
+        println!("skipped: {} has no Hopper kernel", backend.arch());
+        return None;
+    }
+    Some(backend)
+}
+
 /// The suite's end-to-end and options checks with the Hopper kernel's CTA form pinned to `setting`
 /// (`SAGE_CUDA_WGMMA_CTA`'s values), whatever the form the host would choose; skipped off Hopper.
 fn suite_with_hopper_form(setting: &str) {
-    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
-    else {
+    let Some(mut backend) = hopper_backend() else {
         return;
     };
-    if backend.arch() != "sm_90a" {
-        println!("skipped: {} has no Hopper kernel", backend.arch());
-        return;
-    }
     backend
         .set_wgmma_cta(setting)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -113,14 +118,9 @@ fn hopper_persistent_trio_across_items() {
 fn hopper_fused_q_matches_the_q_pass() {
     use sage::random::Distribution;
     use sage::{AttentionBackend, AttentionParams, DType, Error, Granularity, Layout, Mode};
-    let Some(mut backend) = conformance::require_or_skip("cuda", sage_cuda::CudaBackend::new())
-    else {
+    let Some(mut backend) = hopper_backend() else {
         return;
     };
-    if backend.arch() != "sm_90a" {
-        println!("skipped: {} has no Hopper kernel", backend.arch());
-        return;
-    }
     // three CTAs, so that each crosses many items (the next item's Q quantized during this one)
     backend
         .set_wgmma_cta("trio-persist:3")

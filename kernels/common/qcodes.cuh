@@ -7,6 +7,7 @@
 #ifndef SAGE_AMALGAMATED
 #include "common/prelude.cuh"
 #include "common/dtype.cuh"
+#include "common/groups.cuh"
 #endif
 
 // scale = amax / qmax (1 when amax == 0); the multiplier qmax / amax (0 when amax == 0).
@@ -30,6 +31,20 @@ SAGE_DEVICE u32 code_bits(float x, float inv) { return __float_as_uint(__fadd_rn
 // x * inv is +-Inf, or NaN for x = 0, which quantize_q's clamp(__float2int_rn(.)) and the CPU turn
 // into +-127 and 0.
 SAGE_DEVICE u32 code_bits_inf(float x) { return 0x4B400000u + (x > 0.0f ? 127u : (x < 0.0f ? (u32)-127 : 0u)); }
+
+// A Q row's absmax (`gm`, a 16-bit pattern or any non-negative float's bits) max-ed over its scale
+// group, where the warp's 32 lanes hold the rows of one 32-token block: per-thread subgroups are the
+// lanes l, l ^ 8, l ^ 16, l ^ 24 (rows r % 8), per-warp groups (and per-block ones, before their
+// tile-wide step) the whole warp.
+SAGE_DEVICE u32 q_warp_group_amax(u32 gm, int gran) {
+    if (gran != GRAN_PER_THREAD) {
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 1));
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 2));
+        gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 4));
+    }
+    gm = max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 8));
+    return max_u32(gm, __shfl_xor_sync(FULL_MASK, gm, 16));
+}
 
 SAGE_DEVICE u32 pack_code_bytes(u32 a, u32 b, u32 c, u32 d) {
     return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);

@@ -1322,33 +1322,82 @@ impl CudaBackend {
         box_inner: u32,
         box_rows: u32,
     ) -> Result<TensorMap> {
-        use sys::{
-            CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-            CUtensorMapL2promotion, CUtensorMapSwizzle,
-        };
-        let Arg::Ptr(ptr) = self.ptr(buf) else {
-            unreachable!()
-        };
+        use sys::{CUtensorMapDataType, CUtensorMapSwizzle};
         let swizzle = if box_inner == 128 {
             CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
         } else {
             CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B
         };
-        let dims = [inner as u64, rows as u64];
-        let strides = [inner as u64];
-        let boxes = [box_inner, box_rows];
-        let elem = [1u32, 1];
+        self.encode_tensor_map(
+            buf,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            &[inner as u64, rows as u64],
+            &[inner as u64],
+            &[box_inner, box_rows],
+            swizzle,
+        )
+    }
+
+    /// The 4-D tensor map (channels, tokens, head, batch) of a 16-bit Q input in either layout, for
+    /// `_trio_persist_q`: boxes of 64 channels (128-byte rows, the 128-byte swizzle) by 32 tokens;
+    /// tokens past the sequence read as zeros.
+    fn q_input_map(&self, buf: &CudaSlice<u8>, meta: &TensorMeta) -> Result<TensorMap> {
+        use sys::{CUtensorMapDataType, CUtensorMapSwizzle};
+        let s = meta.shape;
+        let bytes = |a: Arg| match a {
+            Arg::I64(v) => v as u64 * 2,
+            _ => 0,
+        };
+        let [sb, sh, sn] = strides(meta);
+        self.encode_tensor_map(
+            buf,
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+            &[
+                s.head_dim as u64,
+                s.seq as u64,
+                s.heads as u64,
+                s.batch as u64,
+            ],
+            &[bytes(sn), bytes(sh), bytes(sb)],
+            &[64, 32, 1, 1],
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+        )
+    }
+
+    /// `cuTensorMapEncodeTiled` over `buf`: `dims` and `boxes` per dimension (the first the
+    /// contiguous one), `strides` in bytes for every dimension but the first, element strides 1, no
+    /// interleave, L2 promotion 256 B, zeros outside the tensor.
+    fn encode_tensor_map(
+        &self,
+        buf: &CudaSlice<u8>,
+        dtype: sys::CUtensorMapDataType,
+        dims: &[u64],
+        strides: &[u64],
+        boxes: &[u32],
+        swizzle: sys::CUtensorMapSwizzle,
+    ) -> Result<TensorMap> {
+        use sys::{CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion};
+        let rank = dims.len();
+        assert!(
+            (1..=5).contains(&rank) && strides.len() + 1 == rank && boxes.len() == rank,
+            "a tensor map's dims, strides and boxes disagree"
+        );
+        let Arg::Ptr(ptr) = self.ptr(buf) else {
+            unreachable!()
+        };
+        let elem = [1u32; 5];
         let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_error("tensor map", e))?;
-        // SAFETY: the arrays hold `rank` = 2 entries (strides rank - 1); `ptr` is a live device
-        // buffer of at least rows * inner bytes; the driver writes the 128-byte map.
+        // SAFETY: `dims`, `boxes` and `elem` hold `rank` entries and `strides` rank - 1 (checked
+        // above); `ptr` is the live device buffer the caller's dims and strides describe; the driver
+        // writes the 128-byte map.
         unsafe {
             sys::cuTensorMapEncodeTiled(
                 map.as_mut_ptr(),
-                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-                2,
+                dtype,
+                rank as u32,
                 ptr as *mut std::ffi::c_void,
                 dims.as_ptr(),
                 strides.as_ptr(),
@@ -1356,60 +1405,6 @@ impl CudaBackend {
                 elem.as_ptr(),
                 CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
                 swizzle,
-                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-            )
-        }
-        .result()
-        .map_err(|e| driver_error("cuTensorMapEncodeTiled", e))?;
-        // SAFETY: written by the successful call above (and zeroed before it).
-        Ok(TensorMap(unsafe { map.assume_init() }))
-    }
-
-    /// The 4-D tensor map (channels, tokens, head, batch) of a 16-bit Q input in either layout, for
-    /// `_trio_persist_q`: boxes of 64 channels (128-byte rows, the 128-byte swizzle) by 64 tokens;
-    /// tokens past the sequence read as zeros.
-    fn q_input_map(&self, buf: &CudaSlice<u8>, meta: &TensorMeta) -> Result<TensorMap> {
-        use sys::{
-            CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-            CUtensorMapL2promotion, CUtensorMapSwizzle,
-        };
-        let Arg::Ptr(ptr) = self.ptr(buf) else {
-            unreachable!()
-        };
-        let s = meta.shape;
-        let bytes = |a: Arg| match a {
-            Arg::I64(v) => v as u64 * 2,
-            _ => 0,
-        };
-        let [sb, sh, sn] = strides(meta);
-        let dims = [
-            s.head_dim as u64,
-            s.seq as u64,
-            s.heads as u64,
-            s.batch as u64,
-        ];
-        let strides = [bytes(sn), bytes(sh), bytes(sb)];
-        let boxes = [64u32, 32, 1, 1];
-        let elem = [1u32; 4];
-        let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_error("tensor map", e))?;
-        // SAFETY: the arrays hold `rank` = 4 entries (strides rank - 1); `ptr` is the live input
-        // buffer these dims and strides describe; the driver writes the 128-byte map.
-        unsafe {
-            sys::cuTensorMapEncodeTiled(
-                map.as_mut_ptr(),
-                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
-                4,
-                ptr as *mut std::ffi::c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
-                elem.as_ptr(),
-                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
                 CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
             )
